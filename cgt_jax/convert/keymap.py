@@ -1,0 +1,174 @@
+"""PyTorch BigGAN / cGANTransfer state-dict keys <-> cgt_jax Flax variables.
+
+Numpy in, Flax variables out; no torch import. The mapping is derived from
+the Flax model's own variable tree (an abstract one from `jax.eval_shape` is
+enough): every Flax leaf names exactly one PyTorch key, so missing,
+unexpected and mis-shaped keys are found by comparing the two sets.
+
+Renames (Flax path element -> PyTorch module name):
+
+    block_i -> blocks.i.0        attention_i -> blocks.i.1
+    output_bn -> output_layer.0  output_conv -> output_layer.2
+    kp/similarity_{gamma,beta} -> comb_layer_{g,b}
+    kp/prior_{gamma,beta}      -> prev_knowledge_{g,b}
+    kp/z_proj_{gamma,beta}     -> z_layer_{g,b}
+    kp/residual_{gamma,beta}   -> res_{g,b}
+
+Leaves: `kernel` -> `weight` (Dense `[in, out]` = weight.T; conv HWIO =
+OIHW transposed), `embedding` -> `weight`, `scale` -> `gain` (output BN),
+`batch_stats/{mean, var}` -> `stored_{mean, var}`, `sn/u` `[out]` -> `u0`
+`[1, out]`. The logging-only `sv0` buffers and cGANTransfer's
+`pretrain_embedding_w` (an alias of `shared.weight`) are ignored.
+"""
+
+import re
+from typing import Mapping
+
+import numpy as np
+from flax import traverse_util
+
+_MODULE_RENAMES = (
+    (re.compile(r'block_(\d+)'), r'blocks.\1.0'),
+    (re.compile(r'attention_(\d+)'), r'blocks.\1.1'),
+    (re.compile(r'output_bn'), 'output_layer.0'),
+    (re.compile(r'output_conv'), 'output_layer.2'),
+    (re.compile(r'similarity_(g|b)(amma|eta)'), r'comb_layer_\1'),
+    (re.compile(r'prior_(g|b)(amma|eta)'), r'prev_knowledge_\1'),
+    (re.compile(r'z_proj_(g|b)(amma|eta)'), r'z_layer_\1'),
+    (re.compile(r'residual_(g|b)(amma|eta)'), r'res_\1'),
+)
+_LEAF_RENAMES = {
+    ('params', 'kernel'): 'weight',
+    ('params', 'embedding'): 'weight',
+    ('params', 'scale'): 'gain',
+    ('params', 'bias'): 'bias',
+    ('params', 'gamma'): 'gamma',
+    ('batch_stats', 'mean'): 'stored_mean',
+    ('batch_stats', 'var'): 'stored_var',
+    ('sn', 'u'): 'u0',
+}
+# Keys a PyTorch checkpoint may hold that carry nothing the model needs.
+IGNORED_TORCH_KEYS = re.compile(r'(\.sv\d+|\.pretrain_embedding_w)$')
+
+
+class StateDictMismatchError(ValueError):
+  """A state dict does not fit the model; `.problems` lists every mismatch."""
+
+  def __init__(self, source: str, problems: list):
+    self.problems = problems
+    more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+    super().__init__(f'{source}: {problems[0]}{more}')
+
+
+def torch_key(collection: str, path: tuple) -> str:
+  """The PyTorch state-dict key of the Flax leaf `collection/path`."""
+  modules = []
+  for element in path[:-1]:
+    if element == 'kp':  # KP layers are direct children of the torch ccbn.
+      continue
+    for pattern, replacement in _MODULE_RENAMES:
+      if pattern.fullmatch(element):
+        element = pattern.sub(replacement, element)
+        break
+    else:
+      if element.startswith('kp_'):
+        raise ValueError(f'{"/".join(path)} (shared similarity) has no '
+                         'PyTorch equivalent')
+    modules.append(element)
+  leaf = _LEAF_RENAMES.get((collection, path[-1]))
+  if leaf is None:
+    raise ValueError(f'no PyTorch name for {collection}/{"/".join(path)}')
+  return '.'.join(modules + [leaf])
+
+
+def torch_shape(collection: str, path: tuple, flax_shape: tuple) -> tuple:
+  """The PyTorch shape of a Flax leaf of shape `flax_shape`."""
+  if collection == 'sn':
+    return (1,) + tuple(flax_shape)
+  if path[-1] == 'kernel' and len(flax_shape) == 2:
+    return tuple(reversed(flax_shape))
+  if path[-1] == 'kernel' and len(flax_shape) == 4:
+    kh, kw, cin, cout = flax_shape
+    return (cout, cin, kh, kw)
+  return tuple(flax_shape)
+
+
+def from_torch(collection: str, path: tuple, value: np.ndarray) -> np.ndarray:
+  """A PyTorch tensor (numpy) in the layout of the Flax leaf."""
+  if collection == 'sn':
+    return value.reshape(-1)
+  if path[-1] == 'kernel' and value.ndim == 2:
+    return value.T
+  if path[-1] == 'kernel' and value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  return value
+
+
+def to_torch(collection: str, path: tuple, value: np.ndarray) -> np.ndarray:
+  """Inverse of `from_torch`."""
+  if collection == 'sn':
+    return value.reshape(1, -1)
+  if path[-1] == 'kernel' and value.ndim == 2:
+    return value.T
+  if path[-1] == 'kernel' and value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)
+  return value
+
+
+def _flat_leaves(variables: Mapping) -> dict:
+  """{(collection, path): leaf} over every collection of `variables`."""
+  out = {}
+  for collection, tree in variables.items():
+    for path, leaf in traverse_util.flatten_dict(dict(tree)).items():
+      out[(collection, path)] = leaf
+  return out
+
+
+def load_state_dict(state_dict: Mapping[str, np.ndarray],
+                    abstract_variables,
+                    source: str = 'state dict') -> dict:
+  """Flax variables from a PyTorch state dict, checked against the model.
+
+  Args:
+    state_dict: PyTorch key -> numpy array.
+    abstract_variables: the model's variables (arrays or ShapeDtypeStructs),
+      e.g. `jax.eval_shape(model.init, ...)`; fixes which keys must exist.
+    source: a name for error messages (usually the file name).
+  Returns:
+    {'params': ..., 'batch_stats': ..., 'sn': ...} of float32 numpy arrays.
+  Raises:
+    StateDictMismatchError naming each missing, unexpected or mis-shaped key
+    with both shapes.
+  """
+  expected = {}
+  for (collection, path), leaf in _flat_leaves(abstract_variables).items():
+    key = torch_key(collection, path)
+    expected[key] = (collection, path, tuple(leaf.shape))
+  problems, flat = [], {}
+  for key, (collection, path, flax_shape) in expected.items():
+    want = torch_shape(collection, path, flax_shape)
+    if key not in state_dict:
+      problems.append(f'missing key {key!r} (model expects shape {want})')
+      continue
+    value = np.asarray(state_dict[key])
+    if tuple(value.shape) != want:
+      problems.append(f'key {key!r} has shape {tuple(value.shape)} but the '
+                      f'model expects {want}')
+      continue
+    flat[(collection,) + path] = from_torch(collection, path,
+                                            value).astype(np.float32)
+  for key in state_dict:
+    if key not in expected and not IGNORED_TORCH_KEYS.search(key):
+      shape = tuple(np.shape(state_dict[key]))
+      problems.append(f'unexpected key {key!r} with shape {shape}')
+  if problems:
+    raise StateDictMismatchError(source, problems)
+  return traverse_util.unflatten_dict(flat)
+
+
+def to_state_dict(variables) -> dict:
+  """PyTorch-layout state dict (numpy) of Flax variables (no `sv0`)."""
+  return {
+      torch_key(collection, path): to_torch(collection, path, np.asarray(leaf))
+      for (collection, path), leaf in _flat_leaves(variables).items()
+  }

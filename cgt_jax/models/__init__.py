@@ -1,0 +1,1 @@
+"""Flax models: BigGAN and the knowledge-propagation conditional BN."""

@@ -1,0 +1,306 @@
+"""Layers with BigGAN-PyTorch semantics: spectral norm, PyTorch batch norm, attention.
+
+Conventions shared by every module here:
+
+* Images are NHWC, `[batch, height, width, channels]`.
+* Variables live in three collections: `params` (trained), `batch_stats`
+  (BN running mean/var) and `sn` (the spectral-norm `u` vectors).
+* `train=True` means what PyTorch's `module.train()` means: BN normalises with
+  batch statistics and updates the running ones, and every spectral-norm layer
+  writes its advanced `u` back. Callers must then pass
+  `mutable=['batch_stats', 'sn']` to `apply`. With `train=False` the same single
+  power iteration is computed from the stored `u`, but nothing is written.
+"""
+
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+SN_COLLECTION = 'sn'
+STATS_COLLECTION = 'batch_stats'
+# Momentum of PyTorch's running statistics: running = 0.9 * running + 0.1 * batch.
+BN_MOMENTUM = 0.1
+
+Initializer = Callable[..., jax.Array]
+
+# ----------------------------------------------------------------------------
+# Initialisers
+# ----------------------------------------------------------------------------
+
+
+def weight_init(name: str) -> Initializer:
+  """The BigGAN weight initialisers: 'ortho' or 'N02' (normal, std 0.02).
+
+  Orthogonality is over the flattened `[fan_in, out]` matrix, which is the
+  transpose of PyTorch's `[out, fan_in]` view and therefore gives the same
+  family of (semi-)orthogonal weights.
+  """
+  if name == 'ortho':
+    return nn.initializers.orthogonal(column_axis=-1)
+  if name == 'N02':
+    return nn.initializers.normal(stddev=0.02)
+  raise ValueError(f"unknown init {name!r}: use 'ortho' or 'N02'")
+
+
+def torch_default_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's default Linear/Conv bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  BigGAN's init_weights() only re-initialises weights, so every bias (and the
+  cGANTransfer offsets) keeps this default.
+  """
+  bound = 1.0 / float(fan_in)**0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+# ----------------------------------------------------------------------------
+# Spectral norm
+# ----------------------------------------------------------------------------
+
+
+def _l2_normalize(x: jax.Array, eps: float) -> jax.Array:
+  """x / max(||x||, eps), the normalisation of torch.nn.functional.normalize."""
+  return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+def power_iteration(w_mat: jax.Array, u: jax.Array, eps: float):
+  """One power iteration on `w_mat` `[out, in]` from `u` `[out]`.
+
+  Returns `(sigma, new_u)`. As in BigGAN-PyTorch, `u` and `v` are constants for
+  the gradient; only `sigma = u'^T W v` is differentiated (through W).
+  """
+  w_const = jax.lax.stop_gradient(w_mat)
+  v = _l2_normalize(u @ w_const, eps)
+  new_u = _l2_normalize(w_const @ v, eps)
+  sigma = (w_mat @ v) @ new_u
+  return sigma, new_u
+
+
+def spectral_sigma(module: nn.Module,
+                   w_mat: jax.Array,
+                   eps: float,
+                   train: bool,
+                   used: Any = True) -> jax.Array:
+  """Spectral-norm estimate of `w_mat` `[out, in]` with `u` kept in `module`.
+
+  `u` is a variable `sn/u` of shape `[out]`, initialised from N(0, 1) without
+  normalisation, as BigGAN-PyTorch's `torch.randn` buffer. In train mode the
+  advanced `u` is written back, but only if `used` (a bool, possibly traced)
+  holds: a layer whose output no sample of the batch needs keeps its `u`,
+  exactly as a PyTorch layer that is never called.
+  """
+  u_var = module.variable(
+      SN_COLLECTION, 'u',
+      lambda: jax.random.normal(module.make_rng('params'), (w_mat.shape[0],)))
+  sigma, new_u = power_iteration(w_mat.astype(jnp.float32), u_var.value, eps)
+  if train and not module.is_initializing():
+    u_var.value = new_u if used is True else jnp.where(used, new_u, u_var.value)
+  return sigma
+
+
+class SNDense(nn.Module):
+  """Spectrally normalised linear layer (`SNLinear`): `x @ (W / sigma) + b`.
+
+  `kernel` is `[in, out]` (PyTorch `weight.T`); `u` indexes the outputs.
+  `spectral=False` gives a plain linear layer with the same parameter names,
+  which is what the CIFAR variant of cGANTransfer uses.
+  """
+  features: int
+  use_bias: bool = True
+  eps: float = 1e-12
+  spectral: bool = True
+  kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
+  bias_init: Optional[Initializer] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, used: Any = True):
+    kernel = self.param('kernel', self.kernel_init,
+                        (x.shape[-1], self.features))
+    if self.spectral:
+      kernel = kernel / spectral_sigma(self, kernel.T, self.eps, train, used)
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias_init = self.bias_init or torch_default_bias_init(x.shape[-1])
+      y = y + self.param('bias', bias_init, (self.features,)).astype(self.dtype)
+    return y
+
+
+class SNConv(nn.Module):
+  """Spectrally normalised 2-D convolution, stride 1, 'same' padding.
+
+  `kernel` is HWIO `[k, k, in, out]`. sigma is computed on the `[out, k*k*in]`
+  matrix; its column order differs from PyTorch's `[out, in*k*k]`, which leaves
+  sigma and both power-iteration vectors unchanged.
+  """
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  eps: float = 1e-12
+  kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    k, fan_in = self.kernel_size, x.shape[-1] * self.kernel_size**2
+    kernel = self.param('kernel', self.kernel_init,
+                        (k, k, x.shape[-1], self.features))
+    w_mat = kernel.reshape(-1, self.features).T
+    kernel = kernel / spectral_sigma(self, w_mat, self.eps, train)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype),
+        kernel.astype(self.dtype), (1, 1),
+        'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      bias = self.param('bias', torch_default_bias_init(fan_in),
+                        (self.features,))
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class SNEmbed(nn.Module):
+  """Spectrally normalised embedding table (the discriminator's projection).
+
+  sigma is taken over `embedding` `[num_embeddings, features]` as it is, so
+  `u` has one entry per class (PyTorch `SNEmbedding`).
+  """
+  num_embeddings: int
+  features: int
+  eps: float = 1e-12
+  embedding_init: Initializer = nn.initializers.normal(stddev=0.02)
+
+  @nn.compact
+  def __call__(self, labels, train: bool = False, used: Any = True):
+    table = self.param('embedding', self.embedding_init,
+                       (self.num_embeddings, self.features))
+    table = table / spectral_sigma(self, table, self.eps, train, used)
+    return jnp.take(table, labels, axis=0)
+
+
+# ----------------------------------------------------------------------------
+# Batch norm with PyTorch semantics
+# ----------------------------------------------------------------------------
+
+
+def normalize_batch(module: nn.Module, x: jax.Array, train: bool,
+                    eps: float) -> jax.Array:
+  """`(x - mean) / sqrt(var + eps)` per channel, PyTorch `F.batch_norm` style.
+
+  Train mode normalises with the biased batch variance over (N, H, W) and
+  updates the running variance with the unbiased one (n / (n - 1)), momentum
+  0.1; eval mode uses the running statistics (`batch_stats/mean`, `var`).
+  Under `jit` with a batch sharded over devices the mean is global, i.e.
+  cross-replica (synchronised) BN.
+  """
+  features = x.shape[-1]
+  ra_mean = module.variable(STATS_COLLECTION, 'mean', jnp.zeros, (features,),
+                            jnp.float32)
+  ra_var = module.variable(STATS_COLLECTION, 'var', jnp.ones, (features,),
+                           jnp.float32)
+  x32 = x.astype(jnp.float32)
+  if train:
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x32, axes)
+    var = jnp.mean(jnp.square(x32 - mean), axes)
+    if not module.is_initializing():
+      n = x.size // features
+      ra_mean.value = (1 - BN_MOMENTUM) * ra_mean.value + BN_MOMENTUM * mean
+      ra_var.value = ((1 - BN_MOMENTUM) * ra_var.value + BN_MOMENTUM * var *
+                      (n / max(n - 1, 1)))
+  else:
+    mean, var = ra_mean.value, ra_var.value
+  return (x32 - mean) * jax.lax.rsqrt(var + eps)
+
+
+class AffineBatchNorm(nn.Module):
+  """The generator's unconditional output BN: `BN(x) * scale + bias`.
+
+  `scale` starts at 1 and `bias` at 0 (a plain affine, no "1 + gain").
+  """
+  eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    features = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (features,))
+    bias = self.param('bias', nn.initializers.zeros, (features,))
+    return (normalize_batch(self, x, train, self.eps) * scale + bias).astype(
+        self.dtype)
+
+
+# ----------------------------------------------------------------------------
+# Self-attention (SA-GAN block used by BigGAN)
+# ----------------------------------------------------------------------------
+
+
+def max_pool2(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def avg_pool2(x):
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def upsample2(x):
+  """Nearest-neighbour x2 upsampling (F.interpolate(scale_factor=2))."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class Attention(nn.Module):
+  """Self-attention: `x + gamma * o(g . softmax(theta^T phi))`.
+
+  theta/phi project to C/8 and g to C/2 channels (1x1 SN convs, no bias);
+  phi and g are 2x2 max-pooled, so each position attends to HW/4 keys.
+  Positions are flattened row-major (h * W + w), as PyTorch's NCHW `view`.
+  `gamma` starts at 0, so the block begins as the identity.
+  """
+  eps: float = 1e-12
+  kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    batch, height, width, channels = x.shape
+    if channels < 8:
+      raise ValueError(
+          f'attention needs at least 8 channels (its query/key have C/8), got '
+          f'{channels}: widen the model (ch) or move the attention resolution')
+    conv = lambda features, name: SNConv(
+        features,
+        1,
+        use_bias=False,
+        eps=self.eps,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        name=name)
+    theta = conv(channels // 8, 'theta')(x, train)
+    phi = max_pool2(conv(channels // 8, 'phi')(x, train))
+    g = max_pool2(conv(channels // 2, 'g')(x, train))
+    theta = theta.reshape(batch, height * width, -1)
+    phi = phi.reshape(batch, height * width // 4, -1)
+    g = g.reshape(batch, height * width // 4, -1)
+    beta = jax.nn.softmax(
+        jnp.einsum('bqc,bkc->bqk', theta, phi).astype(jnp.float32), axis=-1)
+    attended = jnp.einsum('bqk,bkc->bqc', beta.astype(g.dtype), g)
+    attended = attended.reshape(batch, height, width, channels // 2)
+    out = conv(channels, 'o')(attended, train)
+    gamma = self.param('gamma', nn.initializers.zeros, ())
+    return x + gamma.astype(out.dtype) * out
+
+
+def attention_positions(resolutions: Sequence[int],
+                        attention: Sequence[int]) -> tuple:
+  """Indices of the blocks whose output resolution gets an attention block."""
+  unknown = sorted(set(attention) - set(resolutions))
+  if unknown:
+    raise ValueError(
+        f'attention at resolution(s) {unknown} is impossible: the blocks '
+        f'output resolutions {list(resolutions)}; pick from those')
+  return tuple(i for i, res in enumerate(resolutions) if res in attention)
