@@ -1,0 +1,143 @@
+"""Model directories: an architecture (JSON) plus G/D variables (orbax).
+
+This is the format `tools/convert_biggan.py` writes, every training stage
+exports, `config.source_checkpoint` reads and `tools/sample.py` samples from:
+
+    DIR/architecture.json   {"generator": {...}, "discriminator": {...} | null}
+    DIR/variables/          orbax StandardCheckpointer tree
+                            {"generator": {...}, "discriminator": {...}}
+
+The architecture dicts are the keyword arguments of `biggan.Generator` and
+`biggan.Discriminator` (with `kp_options` as a dict), so a directory alone
+rebuilds the models. A save goes to a temporary sibling first and is renamed
+into place, so a failed save never leaves a half-written directory.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cgt_jax.models import biggan
+from cgt_jax.models import kp_ccbn
+
+ARCHITECTURE_FILE = 'architecture.json'
+VARIABLES_DIR = 'variables'
+
+
+class ModelDirError(ValueError):
+  """A model directory is missing, incomplete or inconsistent."""
+
+
+def build_generator(arch: dict) -> biggan.Generator:
+  kwargs = dict(arch)
+  kwargs['kp_options'] = kp_ccbn.KPOptions(**kwargs.get('kp_options', {}))
+  kwargs['attention'] = tuple(kwargs.get('attention', ()))
+  return biggan.Generator(**kwargs)
+
+
+def build_discriminator(arch: dict) -> biggan.Discriminator:
+  kwargs = dict(arch)
+  kwargs['attention'] = tuple(kwargs.get('attention', ()))
+  return biggan.Discriminator(**kwargs)
+
+
+def module_arch(module) -> dict:
+  """The JSON-able constructor arguments of a Generator/Discriminator."""
+  arch = {}
+  for field in dataclasses.fields(module):
+    if field.name in ('parent', 'name'):
+      continue
+    value = getattr(module, field.name)
+    if isinstance(value, kp_ccbn.KPOptions):
+      value = dataclasses.asdict(value)
+    elif isinstance(value, tuple):
+      value = list(value)
+    elif field.name == 'dtype':
+      continue  # a run-time choice, not part of the architecture
+    arch[field.name] = value
+  return arch
+
+
+def abstract_generator_variables(generator: biggan.Generator):
+  z = jnp.zeros((1, generator.dim_z))
+  labels = jnp.zeros((1,), jnp.int32)
+  return jax.eval_shape(lambda: generator.init(jax.random.key(0), z, labels))
+
+
+def abstract_discriminator_variables(discriminator: biggan.Discriminator):
+  res = discriminator.resolution
+  x = jnp.zeros((1, res, res, 3))
+  label = 0 if discriminator.source_projection else discriminator.num_classes
+  labels = jnp.full((1,), label, jnp.int32)
+  return jax.eval_shape(
+      lambda: discriminator.init(jax.random.key(0), x, labels))
+
+
+def save(directory,
+         generator_arch: dict,
+         generator_variables,
+         discriminator_arch: Optional[dict] = None,
+         discriminator_variables=None) -> pathlib.Path:
+  """Writes a model directory atomically (temporary sibling, then rename)."""
+  directory = pathlib.Path(directory).absolute()
+  staging = directory.with_name(directory.name + '.partial')
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir(parents=True)
+  arch = {'generator': generator_arch, 'discriminator': discriminator_arch}
+  (staging / ARCHITECTURE_FILE).write_text(json.dumps(arch, indent=2))
+  tree = {'generator': jax.tree_util.tree_map(np.asarray, generator_variables)}
+  if discriminator_variables is not None:
+    tree['discriminator'] = jax.tree_util.tree_map(np.asarray,
+                                                   discriminator_variables)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(staging / VARIABLES_DIR, tree)
+  checkpointer.wait_until_finished()
+  if directory.exists():
+    backup = directory.with_name(directory.name + '.old')
+    shutil.rmtree(backup, ignore_errors=True)
+    os.replace(directory, backup)
+    os.replace(staging, directory)
+    shutil.rmtree(backup)
+  else:
+    os.replace(staging, directory)
+  return directory
+
+
+def load_architecture(directory) -> dict:
+  path = pathlib.Path(directory) / ARCHITECTURE_FILE
+  if not path.is_file():
+    raise ModelDirError(
+        f'{directory} is not a cgt_jax model directory (no {ARCHITECTURE_FILE})'
+        ': point to a directory written by tools/convert_biggan.py or by a '
+        'training stage (WORKDIR/<stage>/model)')
+  return json.loads(path.read_text())
+
+
+def load(directory):
+  """`(generator, discriminator or None, variables)` from a model directory.
+
+  `variables` is `{'generator': ..., 'discriminator': ...}` (numpy arrays).
+  """
+  arch = load_architecture(directory)
+  generator = build_generator(arch['generator'])
+  target = {'generator': abstract_generator_variables(generator)}
+  discriminator = None
+  if arch.get('discriminator'):
+    discriminator = build_discriminator(arch['discriminator'])
+    target['discriminator'] = abstract_discriminator_variables(discriminator)
+  path = pathlib.Path(directory).absolute() / VARIABLES_DIR
+  try:
+    variables = ocp.StandardCheckpointer().restore(path, target)
+  except (FileNotFoundError, ValueError, KeyError) as error:
+    raise ModelDirError(
+        f'{directory}: variables do not match {ARCHITECTURE_FILE} or are '
+        f'incomplete ({type(error).__name__}: {str(error)[:200]})') from None
+  return generator, discriminator, variables
