@@ -1,0 +1,44 @@
+"""Device mesh and shardings: data parallel over every device of every host.
+
+Parameters and optimizer state are replicated; batches are split along a
+single 'data' mesh axis. Batch-norm statistics computed under `jit` on a
+sharded batch are global (synchronised BN over the whole batch); the authors'
+8-GPU DataParallel runs instead normalised per GPU (32 samples).
+"""
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices (all processes).
+
+  The axis is 'Auto' (the compiler propagates shardings from the inputs and
+  our constraints), not jax's newer 'Explicit' default.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def data_sharding(mesh, leading_axes: int = 0) -> NamedSharding:
+  """Splits the batch axis (after `leading_axes` unsplit axes) over 'data'."""
+  return NamedSharding(mesh, P(*([None] * leading_axes), DATA_AXIS))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, num_devices: int, what='batch_size'):
+  """A clear error when a batch cannot be split evenly over the devices."""
+  if batch_size % num_devices == 0:
+    return
+  lower = batch_size // num_devices * num_devices
+  options = [b for b in (lower, lower + num_devices) if b > 0]
+  raise ValueError(
+      f'{what}={batch_size} does not split over {num_devices} devices: use '
+      f'{" or ".join(map(str, options))} (a multiple of the device count), '
+      f'e.g. --config.{what}={options[-1]}')

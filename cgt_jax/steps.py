@@ -1,0 +1,236 @@
+"""Pure training and sampling steps (no files, no host syncs).
+
+One iteration, as in BigGAN-PyTorch / cGANTransfer `train_fns`:
+
+1. `num_d_steps` discriminator updates. Each update accumulates gradients
+   over `num_d_accumulations` chunks of `batch_size` real images; per chunk,
+   fresh z and fake labels, a train-mode G forward (its BN running stats and
+   SN vectors advance, even for frozen layers) and one D forward on the
+   concatenated [fake; real] batch. Chunk losses are averaged ('mean') or
+   summed ('sum', the cGANTransfer CIFAR script).
+2. One generator update over `num_g_accumulations` chunks: hinge loss on
+   D(G(z)) in train mode (D's SN vectors advance too) plus the KP
+   regularisers (eq. 7), averaged over chunks.
+3. Optional EMA of every generator variable.
+
+The rng of step s is `fold_in(seed key, s)`, so a resumed run repeats an
+uninterrupted one exactly.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cgt_jax import losses
+from cgt_jax import optim
+from cgt_jax import parallel
+from cgt_jax import state as state_lib
+
+G_MUTABLE = ('batch_stats', 'sn')
+D_MUTABLE = ('sn',)
+
+
+def sample_latents(rng,
+                   setup: state_lib.StageSetup,
+                   batch_size: int,
+                   sharding=None):
+  """z ~ N(0, I) `[B, dim_z]` and uniform fake labels in `setup.fake_labels`."""
+  z_rng, y_rng = jax.random.split(rng)
+  z = jax.random.normal(z_rng, (batch_size, setup.generator.dim_z))
+  low, high = setup.fake_labels
+  labels = jax.random.randint(y_rng, (batch_size,), low, high)
+  if sharding is not None:
+    z = jax.lax.with_sharding_constraint(z, sharding)
+    labels = jax.lax.with_sharding_constraint(labels, sharding)
+  return z, labels
+
+
+def generate_train_mode(setup, g_params, g_state, z, labels):
+  """A train-mode G forward: `(images, new g_state)`."""
+  images, new_state = setup.generator.apply({
+      'params': g_params,
+      **g_state
+  },
+                                            z,
+                                            labels,
+                                            train=True,
+                                            mutable=G_MUTABLE)
+  return images, dict(new_state)
+
+
+def discriminate_train_mode(setup, d_params, d_state, images, labels):
+  """A train-mode D forward: `(logits [B, 1], new d_state)`."""
+  logits, new_state = setup.discriminator.apply({
+      'params': d_params,
+      **d_state
+  },
+                                                images,
+                                                labels,
+                                                train=True,
+                                                mutable=D_MUTABLE)
+  return logits, dict(new_state)
+
+
+def _d_chunk_loss(d_params, d_state, setup, fake, fake_labels, real,
+                  real_labels):
+  """Hinge loss of one chunk; fake and real go through D in one call."""
+  images = jnp.concatenate([fake, real], axis=0)
+  labels = jnp.concatenate([fake_labels, real_labels], axis=0)
+  logits, d_state = discriminate_train_mode(setup, d_params, d_state, images,
+                                            labels)
+  d_fake, d_real = jnp.split(logits, [fake.shape[0]], axis=0)
+  loss = losses.hinge_discriminator(d_real, d_fake)
+  return loss, (d_state, {
+      'd_loss': loss,
+      'd_real': jnp.mean(d_real),
+      'd_fake': jnp.mean(d_fake)
+  })
+
+
+def d_update(state, setup, real, real_labels, rng, sharding=None):
+  """One D optimizer step over `real` `[A, B, H, W, 3]` (A chunks)."""
+  num_chunks = real.shape[0]
+  scale = 1.0 if setup.d_chunk_reduction == 'sum' else 1.0 / num_chunks
+  grad_fn = jax.grad(_d_chunk_loss, has_aux=True)
+
+  def chunk(carry, inputs):
+    grads, g_state, d_state = carry
+    real_chunk, labels_chunk, key = inputs
+    z, fake_labels = sample_latents(key, setup, real_chunk.shape[0], sharding)
+    fake, g_state = generate_train_mode(setup, state.g_params, g_state, z,
+                                        fake_labels)
+    chunk_grads, (d_state, metrics) = grad_fn(state.d_params, d_state, setup,
+                                              jax.lax.stop_gradient(fake),
+                                              fake_labels, real_chunk,
+                                              labels_chunk)
+    grads = jax.tree_util.tree_map(lambda a, g: a + scale * g, grads,
+                                   chunk_grads)
+    return (grads, g_state, d_state), metrics
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.d_params)
+  keys = jax.random.split(rng, num_chunks)
+  (grads, g_state,
+   d_state), metrics = jax.lax.scan(chunk,
+                                    (zeros, state.g_state, state.d_state),
+                                    (real, real_labels, keys))
+  updates, d_opt_state = setup.d_optimizer.update(grads, state.d_opt_state,
+                                                  state.d_params)
+  state = state.replace(
+      d_params=optax.apply_updates(state.d_params, updates),
+      d_opt_state=d_opt_state,
+      g_state=g_state,
+      d_state=d_state)
+  return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+
+def _g_chunk_loss(g_params, g_state, d_state, d_params, setup, rng, sharding):
+  """Generator loss of one chunk (hinge + KP regularisers)."""
+  z, labels = sample_latents(rng, setup, setup.batch_size, sharding)
+  fake, g_state = generate_train_mode(setup, g_params, g_state, z, labels)
+  d_fake, d_state = discriminate_train_mode(setup, d_params, d_state, fake,
+                                            labels)
+  loss, terms = losses.kp_generator_loss(d_fake, g_params, setup.similarity_l1,
+                                         setup.residual_l2)
+  return loss, (g_state, d_state, {'g_loss': loss, **terms})
+
+
+def g_update(state, setup, rng, sharding=None):
+  """One G optimizer step over `num_g_accumulations` chunks."""
+  num_chunks = setup.num_g_accumulations
+  grad_fn = jax.grad(_g_chunk_loss, has_aux=True)
+
+  def chunk(carry, key):
+    grads, g_state, d_state = carry
+    chunk_grads, (g_state, d_state, metrics) = grad_fn(state.g_params, g_state,
+                                                       d_state, state.d_params,
+                                                       setup, key, sharding)
+    grads = jax.tree_util.tree_map(lambda a, g: a + g / num_chunks, grads,
+                                   chunk_grads)
+    return (grads, g_state, d_state), metrics
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.g_params)
+  (grads, g_state,
+   d_state), metrics = jax.lax.scan(chunk,
+                                    (zeros, state.g_state, state.d_state),
+                                    jax.random.split(rng, num_chunks))
+  updates, g_opt_state = setup.g_optimizer.update(grads, state.g_opt_state,
+                                                  state.g_params)
+  state = state.replace(
+      g_params=optax.apply_updates(state.g_params, updates),
+      g_opt_state=g_opt_state,
+      g_state=g_state,
+      d_state=d_state)
+  return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+
+def _as_chunks(x, setup):
+  """`[B * S * A, ...]` -> `[S, A, B, ...]`, keeping B the sharded axis.
+
+  Row r of the flat batch goes to sample r // (S * A) of chunk r % (S * A):
+  every chunk then draws from every device's shard (a reshape that keeps the
+  sharded axis major needs no communication).
+  """
+  s, a = setup.num_d_steps, setup.num_d_accumulations
+  x = x.reshape((setup.batch_size, s, a) + x.shape[1:])
+  return jnp.moveaxis(x, 0, 2)
+
+
+def train_step(state, batch, setup: state_lib.StageSetup, sharding=None):
+  """One iteration: D updates then a G update (and EMA).
+
+  Args:
+    state: the TrainState.
+    batch: {'image': [S * A * B, H, W, 3] float in [-1, 1], 'label':
+      [S * A * B] global labels}, sharded over devices along the batch;
+      S = num_d_steps, A = num_d_accumulations, B = batch_size.
+    setup: the static StageSetup.
+    sharding: sharding of a `[B, ...]` batch over the data axis (None on a
+      single device).
+  Returns:
+    (new state, metrics dict of scalars on device).
+  """
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  d_rng, g_rng = jax.random.split(rng)
+
+  def one_d_step(carry, inputs):
+    real, labels, key = inputs
+    return d_update(carry, setup, real, labels, key, sharding)
+
+  images, labels = (_as_chunks(batch[k], setup) for k in ('image', 'label'))
+  state, d_metrics = jax.lax.scan(
+      one_d_step, state,
+      (images, labels, jax.random.split(d_rng, setup.num_d_steps)))
+  state, g_metrics = g_update(state, setup, g_rng, sharding)
+  if setup.ema_decay is not None:
+    ema = optim.ema_update(state.g_ema, state.g_variables(), setup.ema_decay,
+                           state.step, setup.ema_start)
+    state = state.replace(g_ema=ema)
+  metrics = {**jax.tree_util.tree_map(jnp.mean, d_metrics), **g_metrics}
+  return state.replace(step=state.step + 1), metrics
+
+
+def make_train_step(setup, mesh=None):
+  """`train_step` jitted over `mesh` (state replicated, batch sharded).
+
+  The state argument is donated: its buffers are reused for the new state.
+  """
+  if mesh is None:
+    return jax.jit(functools.partial(train_step, setup=setup), donate_argnums=0)
+  batch_sharding = parallel.data_sharding(mesh)
+  step = functools.partial(
+      train_step, setup=setup, sharding=parallel.data_sharding(mesh))
+  return jax.jit(
+      step,
+      in_shardings=(parallel.replicated(mesh), batch_sharding),
+      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+      donate_argnums=0)
+
+
+def generate(generator, variables, z, labels, train: bool = False):
+  """Images `[B, R, R, 3]` in [-1, 1]; train=True also returns the new state
+  (one train-mode forward: batch statistics, SN vectors advance)."""
+  if train:
+    return generator.apply(variables, z, labels, train=True, mutable=G_MUTABLE)
+  return generator.apply(variables, z, labels)
