@@ -30,15 +30,3 @@ def data_sharding(mesh, leading_axes: int = 0) -> NamedSharding:
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
-
-
-def check_batch_size(batch_size: int, num_devices: int, what='batch_size'):
-  """A clear error when a batch cannot be split evenly over the devices."""
-  if batch_size % num_devices == 0:
-    return
-  lower = batch_size // num_devices * num_devices
-  options = [b for b in (lower, lower + num_devices) if b > 0]
-  raise ValueError(
-      f'{what}={batch_size} does not split over {num_devices} devices: use '
-      f'{" or ".join(map(str, options))} (a multiple of the device count), '
-      f'e.g. --config.{what}={options[-1]}')

@@ -32,6 +32,21 @@ G_MUTABLE = ('batch_stats', 'sn')
 D_MUTABLE = ('sn',)
 
 
+def _unrolled_scan(body, carry, inputs):
+  """`jax.lax.scan`'s contract, unrolled in Python.
+
+  XLA:CPU runs convolution gradients inside a loop body about 40x slower
+  than outside one (measured here: a D gradient takes 0.05 s, 2.2 s inside
+  `lax.scan`, even with `unroll=True`), and our loops are short (chunks and
+  D steps per iteration), so unrolling costs only compile time.
+  """
+  outputs = []
+  for i in range(jax.tree_util.tree_leaves(inputs)[0].shape[0]):
+    carry, out = body(carry, jax.tree_util.tree_map(lambda x: x[i], inputs))
+    outputs.append(out)
+  return carry, jax.tree_util.tree_map(lambda *o: jnp.stack(o), *outputs)
+
+
 def sample_latents(rng,
                    setup: state_lib.StageSetup,
                    batch_size: int,
@@ -112,9 +127,9 @@ def d_update(state, setup, real, real_labels, rng, sharding=None):
   zeros = jax.tree_util.tree_map(jnp.zeros_like, state.d_params)
   keys = jax.random.split(rng, num_chunks)
   (grads, g_state,
-   d_state), metrics = jax.lax.scan(chunk,
-                                    (zeros, state.g_state, state.d_state),
-                                    (real, real_labels, keys))
+   d_state), metrics = _unrolled_scan(chunk,
+                                      (zeros, state.g_state, state.d_state),
+                                      (real, real_labels, keys))
   updates, d_opt_state = setup.d_optimizer.update(grads, state.d_opt_state,
                                                   state.d_params)
   state = state.replace(
@@ -152,9 +167,9 @@ def g_update(state, setup, rng, sharding=None):
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, state.g_params)
   (grads, g_state,
-   d_state), metrics = jax.lax.scan(chunk,
-                                    (zeros, state.g_state, state.d_state),
-                                    jax.random.split(rng, num_chunks))
+   d_state), metrics = _unrolled_scan(chunk,
+                                      (zeros, state.g_state, state.d_state),
+                                      jax.random.split(rng, num_chunks))
   updates, g_opt_state = setup.g_optimizer.update(grads, state.g_opt_state,
                                                   state.g_params)
   state = state.replace(
@@ -199,7 +214,7 @@ def train_step(state, batch, setup: state_lib.StageSetup, sharding=None):
     return d_update(carry, setup, real, labels, key, sharding)
 
   images, labels = (_as_chunks(batch[k], setup) for k in ('image', 'label'))
-  state, d_metrics = jax.lax.scan(
+  state, d_metrics = _unrolled_scan(
       one_d_step, state,
       (images, labels, jax.random.split(d_rng, setup.num_d_steps)))
   state, g_metrics = g_update(state, setup, g_rng, sharding)

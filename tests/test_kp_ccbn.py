@@ -142,7 +142,7 @@ def test_init_from_source_rejects_mismatched_architecture():
   with pytest.raises(
       ValueError,
       match=r'source variable \w+/block_0/\S+ has '
-      r'shape \(.*64,?\) but the extended generator expects '
+      r'shape \(.*64,?\) but the new extended generator expects '
       r'\(.*32,?\)'):
     kp_ccbn.init_from_source(source.g_variables, fresh)
 

@@ -48,6 +48,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from cgt_jax.models import layers
+from cgt_jax.models import variables
 
 # Spectral-norm eps of the layers cGANTransfer adds with PyTorch's default
 # (similarity and z projection); the prior uses the source model's SN eps.
@@ -211,25 +212,8 @@ def init_from_source(source_variables: dict, fresh_variables: dict) -> dict:
     ValueError naming the variable if a source variable is missing from the
     extended model or has another shape.
   """
-  merged = {}
-  for collection, tree in fresh_variables.items():
-    fresh = traverse_util.flatten_dict(dict(tree), sep='/')
-    source = traverse_util.flatten_dict(
-        dict(source_variables.get(collection, {})), sep='/')
-    for key, value in source.items():
-      if key not in fresh:
-        raise ValueError(f'source variable {collection}/{key} does not exist '
-                         'in the extended generator: do the architectures '
-                         'match (resolution, ch, shared_dim, attention)?')
-      if np.shape(value) != np.shape(fresh[key]):
-        raise ValueError(
-            f'source variable {collection}/{key} has shape {np.shape(value)} '
-            f'but the extended generator expects {np.shape(fresh[key])}')
-    merged[collection] = traverse_util.unflatten_dict({
-        **fresh,
-        **source
-    },
-                                                      sep='/')
+  merged = variables.merge(source_variables, fresh_variables,
+                           'extended generator')
   merged['params'] = propagate_source_knowledge(merged['params'])
   return merged
 

@@ -1,0 +1,57 @@
+"""Entry point: `python -m cgt_jax.main --config=CONFIG --workdir=DIR`.
+
+Runs the stages of CONFIG (see configs/); `--config.x=y` overrides a value.
+Rerunning the same command resumes an interrupted run.
+"""
+
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from cgt_jax import datasets
+from cgt_jax import model_io
+from cgt_jax import stages
+from cgt_jax import train
+from cgt_jax.convert import keymap
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints, samples, '
+    'TensorBoard logs and the exported models.')
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Mistakes a user can fix: reported in one line, without a traceback.
+USER_ERRORS = (stages.ConfigError, datasets.DatasetError,
+               model_io.ModelDirError, keymap.StateDictMismatchError,
+               train.TrainingDiverged)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if jax.process_count() > 1 or '--multihost' in sys.argv:
+    jax.distributed.initialize()
+  print(
+      f'cgt_jax: {jax.device_count()} device(s) '
+      f'({jax.devices()[0].platform}), {jax.process_count()} process(es)',
+      flush=True)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.Preempted as stop:
+    print(str(stop), file=sys.stderr)
+    sys.exit(0)
+  except USER_ERRORS as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(2)
+  except ValueError as error:  # bad values caught by model/layer checks
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
