@@ -93,4 +93,15 @@ def load(data_config, need_source: bool, resolution: int) -> SplitData:
           'them from config.data.source_classes or target_classes')
     source = _classes(data_config, names, data_config.source_images_per_class,
                       resolution, everything)
+  for split in (source, target):
+    if split is not None:
+      _check_not_empty(split)
   return SplitData(source, target)
+
+
+def _check_not_empty(dataset):
+  empty = [n for n, c in zip(dataset.class_names, dataset.counts()) if not c]
+  if empty:
+    raise datasets.DatasetError(
+        f'classes {empty} have no images in the configured dataset: check '
+        'the class names and the data location')

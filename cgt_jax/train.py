@@ -126,8 +126,10 @@ def _loop(stage, config, setup, state, dataset, models, mesh, checkpoints,
                       f'saved in {stage_dir}/checkpoints: rerun the same '
                       'command to resume')
   preemption.restore()
-  if metrics:
+  if checkpoints.latest_step() != num_steps:
     checkpoints.save(num_steps, state)
+  if not (stage_config.sample_every and
+          num_steps % stage_config.sample_every == 0):
     _write_samples(sample_grid, state, num_steps, stage_dir, writer)
   return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
 

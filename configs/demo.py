@@ -21,8 +21,8 @@ def get_config():
   config = default_config.get_config()
   config.stages = ('pretrain', 'transfer')
   m = config.model
-  m.g_ch = 16  # 64 channels per block
-  m.d_ch = 16
+  m.g_ch = 8  # 32 channels per block: fast enough for 2 CPU cores
+  m.d_ch = 8
   m.dim_z = 64
 
   d = config.data
@@ -34,22 +34,22 @@ def get_config():
   d.target_images_per_class = 25  # few-shot new classes
 
   p = config.pretrain
-  p.num_steps = 1500
-  p.batch_size = 64
-  p.num_d_steps = 2
+  p.num_steps = 1200
+  p.batch_size = 32
+  p.num_d_steps = 1
   p.g_lr, p.d_lr = 2e-4, 2e-4
   p.log_every = 100
-  p.sample_every = 500
-  p.checkpoint_every = 500
+  p.sample_every = 300
+  p.checkpoint_every = 300
 
   t = config.transfer
-  t.num_steps = 600
-  t.batch_size = 64
+  t.num_steps = 400
+  t.batch_size = 32
   t.num_d_steps = 1
   t.num_d_accumulations = 2
   t.d_chunk_reduction = 'sum'
   t.g_lr, t.d_lr = 1e-3, 2e-4
   t.log_every = 50
-  t.sample_every = 200
+  t.sample_every = 100
   t.checkpoint_every = 200
   return config

@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices (for sharding tests) and full precision."""
 
 import os
+import tempfile
 
 # Must be set before jax initialises its backends.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
@@ -9,3 +10,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
+# Many tests compile the same tiny programs: a session-wide persistent cache
+# turns the repeats into cache hits (XLA:CPU compiles are slow here).
+jax.config.update('jax_compilation_cache_dir',
+                  tempfile.mkdtemp(prefix='cgt_jax_xla_cache_'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

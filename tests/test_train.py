@@ -1,0 +1,294 @@
+"""The training job on tiny configs: sharding, freezing, resume, data paths,
+and the errors a user can make."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+from PIL import Image
+
+from cgt_jax import input_pipeline
+from cgt_jax import model_io
+from cgt_jax import parallel
+from cgt_jax import stages
+from cgt_jax import state as state_lib
+from cgt_jax import steps
+from cgt_jax import train
+from cgt_jax.datasets import synthetic
+from configs import demo
+
+SOURCE = ['red_square', 'green_disc', 'blue_cross', 'yellow_ring']
+TARGET = ['red_disc', 'green_square']
+
+
+def tiny_config(**stage_steps):
+  """A 32 px BigGAN with 8 channels on 6 synthetic classes."""
+  config = demo.get_config()
+  config.model.g_ch = config.model.d_ch = 2
+  config.model.dim_z = 16
+  config.data.source_classes = tuple(SOURCE)
+  config.data.target_classes = tuple(TARGET)
+  config.data.synthetic_images_per_class = 8
+  config.data.target_images_per_class = 4
+  config.sample.columns = 2
+  for stage in ('pretrain', 'transfer', 'finetune'):
+    c = config[stage]
+    c.num_steps = stage_steps.get(stage, 2)
+    c.batch_size = 8
+    c.num_d_steps, c.num_d_accumulations = 1, 2
+    c.log_every = c.sample_every = c.checkpoint_every = 1
+  return config
+
+
+def flat(tree):
+  return traverse_util.flatten_dict(jax.device_get(tree), sep='/')
+
+
+def test_demo_pipeline_runs_and_exports_every_stage(tmp_path):
+  config = tiny_config()
+  config.stages = ('pretrain', 'transfer', 'finetune')
+  model_dir = train.train_and_evaluate(config, tmp_path)
+  assert model_dir == tmp_path / 'finetune' / 'model'
+  generator, discriminator, variables = model_io.load(model_dir)
+  assert (generator.num_classes, generator.num_new_classes) == (4, 2)
+  assert discriminator.num_new_classes == 2
+  for stage in config.stages:
+    assert (tmp_path / stage / 'summary.json').exists()
+    grids = sorted((tmp_path / stage / 'samples').glob('step_*.png'))
+    assert grids  # one row per class, PNG
+  pretrain_grid = Image.open(grids[0])
+  assert pretrain_grid.height > pretrain_grid.width / 2
+  # The transfer stage trained only KP layers: every source parameter of
+  # the pretrained generator is bitwise unchanged in the transferred one.
+  _, _, pretrained = model_io.load(tmp_path / 'pretrain' / 'model')
+  _, _, transferred = model_io.load(tmp_path / 'transfer' / 'model')
+  after = flat(transferred['generator']['params'])
+  for key, value in flat(pretrained['generator']['params']).items():
+    np.testing.assert_array_equal(after[key], value, err_msg=key)
+  assert any('/kp/' in k for k in after)
+  # A rerun finds every stage complete and changes nothing.
+  before = (tmp_path / 'transfer' / 'summary.json').read_text()
+  train.train_and_evaluate(config, tmp_path)
+  assert (tmp_path / 'transfer' / 'summary.json').read_text() == before
+
+
+def _setup_and_state(stage='transfer'):
+  """A tiny transfer setup built from fresh random source variables."""
+  config = tiny_config()
+  data = _data(config)
+  models = stages._pretrain_models(config, data)
+  if stage == 'transfer':
+    source_dir = model_io.save(
+        os.path.join(os.environ.get('PYTEST_TMP', '/tmp'), 'cgt_src_model'),
+        model_io.module_arch(models.generator), models.g_variables,
+        model_io.module_arch(models.discriminator), models.d_variables)
+    models = stages._transfer_models(config, data, source_dir)
+  setup = stages.make_setup(stage, config, models)
+  state = state_lib.create(setup, models.g_variables, models.d_variables, 0)
+  return config, data, models, setup, state
+
+
+def _data(config):
+  from cgt_jax import data as data_lib
+  return data_lib.load(config.data, need_source=True, resolution=32)
+
+
+def test_sharded_step_equals_single_device_step():
+  config, data, models, setup, state = _setup_and_state()
+  sampler = input_pipeline.BatchSampler(data.target, setup.real_per_step, 0)
+  images, labels = sampler.batch(0)
+  mesh = parallel.make_mesh()
+  assert mesh.size == 8
+  single = steps.make_train_step(setup)
+  sharded = steps.make_train_step(setup, mesh)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  batch_1 = input_pipeline.to_device(
+      images,
+      labels,
+      parallel.data_sharding(
+          jax.make_mesh((1,), ('data',),
+                        devices=jax.devices()[:1],
+                        axis_types=(jax.sharding.AxisType.Auto,))),
+      label_offset=4)
+  batch_8 = input_pipeline.to_device(
+      images, labels, parallel.data_sharding(mesh), label_offset=4)
+  assert len(batch_8['image'].sharding.device_set) == 8
+  # Copies: the steps donate (and so delete) their input state.
+  state_8 = jax.device_put(
+      jax.tree_util.tree_map(np.array, state), parallel.replicated(mesh))
+  state_1 = jax.device_put(jax.tree_util.tree_map(np.array, state), one)
+  for _ in range(2):
+    state_1, metrics_1 = single(state_1, batch_1)
+    state_8, metrics_8 = sharded(state_8, batch_8)
+  for key in metrics_1:
+    np.testing.assert_allclose(
+        metrics_8[key], metrics_1[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  for name in ('g_params', 'd_params', 'g_state', 'd_state'):
+    a, b = flat(getattr(state_1, name)), flat(getattr(state_8, name))
+    for key in a:
+      np.testing.assert_allclose(
+          b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=f'{name}/{key}')
+
+
+def test_frozen_parameters_are_bit_identical_and_hold_no_adam_state():
+  config, data, models, setup, state = _setup_and_state()
+  before = flat(state.g_params)
+  sampler = input_pipeline.BatchSampler(data.target, setup.real_per_step, 0)
+  step_fn = steps.make_train_step(setup)
+  for step in range(3):
+    batch = {
+        'image': jnp.asarray(sampler.batch(step)[0] / 127.5 - 1, jnp.float32),
+        'label': jnp.asarray(sampler.batch(step)[1] + 4)
+    }
+    state, _ = step_fn(state, batch)
+  after = flat(state.g_params)
+  trained = [k for k in before if '/kp/' in k]
+  frozen = [k for k in before if '/kp/' not in k]
+  assert trained and frozen
+  for key in frozen:
+    np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+  assert all(not np.array_equal(after[k], before[k]) for k in trained)
+  # Adam moments exist exactly for the trained (KP) parameters.
+  # Paths look like ('train', <param path>) under optax.multi_transform;
+  # the only other leaf is Adam's step count.
+  moments = []
+  for path, _ in jax.tree_util.tree_flatten_with_path(state.g_opt_state)[0]:
+    keys = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+    if len(keys) > 1:
+      assert keys[0] == 'train'
+      moments.append('/'.join(keys[1:]))
+  assert sorted(moments) == sorted(trained * 2)  # mu and nu each
+
+
+def _interrupt_at(monkeypatch, step_to_stop):
+  """SIGTERM arrives while the loop fetches the batch of `step_to_stop`."""
+  original = input_pipeline.BatchSampler.process_batch
+
+  def fetch(self, step):
+    if step == step_to_stop:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, step)
+
+  monkeypatch.setattr(input_pipeline.BatchSampler, 'process_batch', fetch)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(
+    tmp_path, monkeypatch):
+  config = tiny_config(pretrain=4, transfer=3)
+  config.pretrain.checkpoint_every = config.transfer.checkpoint_every = 100
+  whole = train.train_and_evaluate(config, tmp_path / 'whole')
+  with monkeypatch.context() as patch:
+    _interrupt_at(patch, 2)  # preempted during pretraining step 3
+    with pytest.raises(train.Preempted, match='rerun the same command'):
+      train.train_and_evaluate(config, tmp_path / 'resumed')
+  assert not (tmp_path / 'resumed' / 'pretrain' / 'summary.json').exists()
+  resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
+  _, _, expected = model_io.load(whole)
+  _, _, actual = model_io.load(resumed)
+  a, b = flat(expected), flat(actual)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+
+
+def test_tfds_cifar100_path_under_mock_data(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = tiny_config(pretrain=1, transfer=1)
+  config.data.name = 'cifar100'
+  config.data.source_classes = ('apple', 'bicycle', 'castle')
+  config.data.target_classes = ('bear', 'wolf')
+  config.data.target_images_per_class = 0
+  with tfds.testing.mock_data(
+      policy=tfds.testing.MockPolicy.USE_CODE, num_examples=1000):
+    model_dir = train.train_and_evaluate(config, tmp_path)
+  generator, _, _ = model_io.load(model_dir)
+  assert (generator.num_classes, generator.num_new_classes) == (3, 2)
+
+
+def _write_folder(root, classes, count=6, size=(40, 52)):
+  rng = np.random.default_rng(0)
+  for i, name in enumerate(classes):
+    (root / name).mkdir(parents=True)
+    for k in range(count):
+      pixels = rng.integers(0, 255, size + (3,), dtype=np.uint8)
+      pixels[..., i % 3] = 255
+      Image.fromarray(pixels).save(root / name / f'{k}.png')
+
+
+def test_image_folder_path(tmp_path):
+  _write_folder(tmp_path / 'images', ['alley', 'arch', 'cat', 'dog', 'eel'])
+  config = tiny_config(pretrain=1, transfer=1)
+  config.data.name = 'image_folder'
+  config.data.root = str(tmp_path / 'images')
+  config.data.source_classes = ('cat', 'dog', 'eel')
+  config.data.target_classes = ('alley', 'arch')
+  config.data.target_images_per_class = 5
+  model_dir = train.train_and_evaluate(config, tmp_path / 'work')
+  generator, _, _ = model_io.load(model_dir)
+  assert (generator.num_classes, generator.num_new_classes) == (3, 2)
+
+
+@pytest.mark.parametrize('change,message', [
+    (lambda c: setattr(c.transfer, 'd_chunk_reduction', 'avg'),
+     r"config\.transfer\.d_chunk_reduction='avg' is not valid: use one of "
+     r"\['mean', 'sum'\]"),
+    (lambda c: setattr(c.pretrain, 'batch_size', 10),
+     r'config\.pretrain\.batch_size 10 does not split over 8 devices: use 8 '
+     r'or 16'),
+    (lambda c: setattr(c, 'stages', ('transfer',)),
+     r"stage 'transfer' needs a model to start from"),
+    (lambda c: setattr(c.model, 'init', 'xavier'), r'config\.model\.init'),
+])
+def test_bad_config_values_are_explained(tmp_path, change, message):
+  config = tiny_config()
+  change(config)
+  with pytest.raises(stages.ConfigError, match=message):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_missing_dataset_is_explained(tmp_path):
+  config = tiny_config()
+  config.data.name = 'image_folder'
+  config.data.root = str(tmp_path / 'nowhere')
+  from cgt_jax import datasets
+  with pytest.raises(datasets.DatasetError, match='nowhere does not exist'):
+    train.train_and_evaluate(config, tmp_path / 'work')
+
+
+def test_class_count_mismatch_with_checkpoint_is_explained(tmp_path):
+  config = tiny_config()
+  data = _data(config)
+  models = stages._pretrain_models(config, data)  # 4 source classes
+  source = model_io.save(tmp_path / 'source',
+                         model_io.module_arch(models.generator),
+                         models.g_variables,
+                         model_io.module_arch(models.discriminator),
+                         models.d_variables)
+  config.stages = ('transfer',)
+  config.source_checkpoint = str(source)
+  config.data.source_classes = tuple(SOURCE[:3])
+  with pytest.raises(
+      stages.ConfigError, match=r'has 4 classes but the config names 3 source'):
+    train.train_and_evaluate(config, tmp_path / 'work')
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path):
+  result = subprocess.run([
+      sys.executable, '-m', 'cgt_jax.main', '--config=configs/demo.py',
+      f'--workdir={tmp_path}', '--config.transfer.d_chunk_reduction=avg'
+  ],
+                          capture_output=True,
+                          text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)),
+                          env={
+                              **os.environ, 'XLA_FLAGS': ''
+                          })
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr
+  assert "error: config.transfer.d_chunk_reduction='avg'" in result.stderr
