@@ -92,6 +92,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune.similarity_l1 = 0.01
   config.finetune.residual_l2 = 0.01
 
+  config.eval = e = ml_collections.ConfigDict()
+  e.final = True  # evaluate each stage's final generator
+  e.num_samples = 1000  # paper: 50k (FID), 25k (KMMD)
+  e.batch_size = 256
+  e.inception_dir = ''  # tools/convert_inception.py output; '' = offline
+  e.cache_dir = ''  # '' = ~/.cache/cgt_jax
+  e.best_metric = ''  # '' = fid with Inception, else domain_fd
+
   config.sample = s = ml_collections.ConfigDict()
   s.max_rows = 20  # classes shown per grid (one row each)
   s.columns = 8

@@ -13,6 +13,7 @@ A stage whose `summary.json` exists is complete and skipped on a rerun; an
 interrupted stage resumes from its newest checkpoint.
 """
 
+import dataclasses
 import json
 import pathlib
 import signal
@@ -24,6 +25,7 @@ import numpy as np
 
 from cgt_jax import checkpointing
 from cgt_jax import data as data_lib
+from cgt_jax import evaluator as evaluator_lib
 from cgt_jax import input_pipeline
 from cgt_jax import model_io
 from cgt_jax import parallel
@@ -76,72 +78,131 @@ def run_stage(stage, config, workdir, mesh, data, previous_model):
   state = state_lib.create(setup, models.g_variables, models.d_variables,
                            config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
-  checkpoints = checkpointing.StageCheckpoints(stage_dir / 'checkpoints')
+  evaluate = None
+  if config[stage].eval_every or config.eval.final:
+    evaluate = evaluator_lib.make(config, stage, models, data, mesh)
+  metric, mode = evaluator_lib.best_metric(config)
+  checkpoints = checkpointing.StageCheckpoints(
+      stage_dir / 'checkpoints',
+      best_metric=metric if evaluate else '',
+      best_mode=mode)
   if checkpoints.latest_step() is not None:
     state = checkpoints.restore_latest(
         checkpointing.abstract_like(state, parallel.replicated(mesh)))
     print(f'[{stage}] resumed from step {int(state.step)}', flush=True)
-  writer = reporting.make_writer(stage_dir)
+  run = _StageRun(stage, config, config[stage],
+                  setup, models, mesh, checkpoints,
+                  reporting.make_writer(stage_dir), stage_dir, evaluate)
   start = time.perf_counter()
   try:
-    state, metrics = _loop(stage, config, setup, state, dataset, models, mesh,
-                           checkpoints, writer, stage_dir)
+    state, metrics = _loop(run, state, dataset)
   finally:
     checkpoints.close()
-    writer.flush()
+    run.writer.flush()
   return _export(stage, setup, state, stage_dir, models, metrics,
                  time.perf_counter() - start)
 
 
-def _loop(stage, config, setup, state, dataset, models, mesh, checkpoints,
-          writer, stage_dir):
-  """The step loop: no host sync except at log/sample/checkpoint steps."""
-  stage_config = config[stage]
-  num_steps = stage_config.num_steps
+@dataclasses.dataclass
+class _StageRun:
+  """What the loop of one stage works with."""
+  stage: str
+  config: object
+  stage_config: object
+  setup: state_lib.StageSetup
+  models: stages.StageModels
+  mesh: object
+  checkpoints: checkpointing.StageCheckpoints
+  writer: object
+  stage_dir: pathlib.Path
+  evaluate: object
+
+
+def _loop(run, state, dataset):
+  """The step loop: no host sync except at log/sample/eval/checkpoint steps."""
+  c = run.stage_config
   sampler = input_pipeline.BatchSampler(
-      dataset, setup.real_per_step, seed=config.data.seed + config.seed)
-  sharding = parallel.data_sharding(mesh)
-  train_step = steps.make_train_step(setup, mesh)
-  sample_grid = _grid_sampler(setup, config, models)
-  progress = reporting.Progress(stage, int(state.step), num_steps)
+      dataset,
+      run.setup.real_per_step,
+      seed=run.config.data.seed + run.config.seed)
+  sharding = parallel.data_sharding(run.mesh)
+  train_step = steps.make_train_step(run.setup, run.mesh)
+  sample_grid = _grid_sampler(run.setup, run.config)
+  progress = reporting.Progress(run.stage, int(state.step), c.num_steps)
   preemption = _PreemptionFlag()
   metrics = {}
-  for step in range(int(state.step), num_steps):
+  for step in range(int(state.step), c.num_steps):
     images, labels = sampler.process_batch(step)
     batch = input_pipeline.to_device(
-        images, labels, sharding, label_offset=models.label_offset)
+        images, labels, sharding, label_offset=run.models.label_offset)
     state, metrics = train_step(state, batch)
     done = step + 1
-    if done % stage_config.log_every == 0 or done == num_steps:
-      scalars = _checked(metrics, done, checkpoints, stage_dir)
+    if done % c.log_every == 0 or done == c.num_steps:
+      scalars = _checked(metrics, done, run)
       scalars['steps_per_sec'] = progress.report(done, scalars)
-      writer.write_scalars(done, scalars)
-    if stage_config.sample_every and done % stage_config.sample_every == 0:
-      _write_samples(sample_grid, state, done, stage_dir, writer)
-    if done % stage_config.checkpoint_every == 0 or preemption.raised:
-      _checked(metrics, done, checkpoints, stage_dir)
-      checkpoints.save(done, state)
+      run.writer.write_scalars(done, scalars)
+    if _due(c.sample_every, done):
+      _write_samples(sample_grid, state, done, run)
+    if _due(c.eval_every, done):
+      _evaluate(run, state, done)
+    if _due(c.checkpoint_every, done) or preemption.raised:
+      _checked(metrics, done, run)
+      run.checkpoints.save(done, state)
     if preemption.raised:
-      raise Preempted(f'[{stage}] stopped by SIGTERM at step {done}; state '
-                      f'saved in {stage_dir}/checkpoints: rerun the same '
-                      'command to resume')
+      raise Preempted(f'[{run.stage}] stopped by SIGTERM at step {done}; '
+                      f'state saved in {run.stage_dir}/checkpoints: rerun '
+                      'the same command to resume')
   preemption.restore()
-  if checkpoints.latest_step() != num_steps:
-    checkpoints.save(num_steps, state)
-  if not (stage_config.sample_every and
-          num_steps % stage_config.sample_every == 0):
-    _write_samples(sample_grid, state, num_steps, stage_dir, writer)
+  _finish(run, state, sample_grid)
   return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _checked(metrics, step, checkpoints, stage_dir) -> dict:
+def _due(every: int, step: int) -> bool:
+  return bool(every) and step % every == 0
+
+
+def _finish(run, state, sample_grid):
+  """Final checkpoint, grid and evaluation, unless the loop just did them."""
+  c, last = run.stage_config, run.stage_config.num_steps
+  if run.checkpoints.latest_step() != last:
+    run.checkpoints.save(last, state)
+  if not _due(c.sample_every, last):
+    _write_samples(sample_grid, state, last, run)
+  if run.evaluate is not None and not _due(c.eval_every, last):
+    _evaluate(run, state, last)
+
+
+def _evaluate(run, state, step):
+  """Evaluates, logs, keeps the best checkpoint, appends to the history."""
+  if run.evaluate is None:
+    return None
+  start = time.perf_counter()
+  results = run.evaluate(state.g_variables())
+  scalars = {k: v for k, v in results.items() if not isinstance(v, list)}
+  run.writer.write_scalars(step, {f'eval/{k}': v for k, v in scalars.items()})
+  run.checkpoints.save_if_best(step, state, scalars)
+  history_file = run.stage_dir / 'eval_history.json'
+  history = (
+      json.loads(history_file.read_text()) if history_file.exists() else [])
+  history = [h for h in history if h['step'] < step]  # a resumed run redoes
+  history.append({'step': step, 'wall_time': time.time(), **results})
+  history_file.write_text(json.dumps(history, indent=1))
+  shown = ', '.join(f'{k} {v:.4g}' for k, v in scalars.items())
+  print(
+      f'[{run.stage}] eval at step {step}: {shown} '
+      f'({time.perf_counter() - start:.0f}s)',
+      flush=True)
+  return results
+
+
+def _checked(metrics, step, run) -> dict:
   """Metrics on the host; stops training on a NaN/inf loss."""
   scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
   bad = sorted(k for k, v in scalars.items() if not np.isfinite(v))
   if bad:
-    last = checkpoints.latest_step()
+    last = run.checkpoints.latest_step()
     kept = (f'the last good checkpoint (step {last}) is kept in '
-            f'{stage_dir}/checkpoints'
+            f'{run.stage_dir}/checkpoints'
             if last is not None else 'no checkpoint was written yet')
     raise TrainingDiverged(
         f'non-finite {", ".join(bad)} at step {step}; {kept}. Lower the '
@@ -165,7 +226,7 @@ class _PreemptionFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _grid_sampler(setup, config, models):
+def _grid_sampler(setup, config):
   """A jitted `variables -> images` for a fixed grid of z, one class a row."""
   low, high = setup.fake_labels
   rows = np.unique(
@@ -186,12 +247,21 @@ def _grid_sampler(setup, config, models):
   return sample
 
 
-def _write_samples(sample_grid, state, step, stage_dir, writer):
+def _write_samples(sample_grid, state, step, run):
   picture = visualize.grid(sample_grid(state.g_variables()), sample_grid.rows)
   path = visualize.save_png(picture,
-                            stage_dir / 'samples' / f'step_{step:07d}.png')
-  writer.write_images(step, {'samples': picture[None]})
+                            run.stage_dir / 'samples' / f'step_{step:07d}.png')
+  run.writer.write_images(step, {'samples': picture[None]})
   return path
+
+
+def _eval_summary(stage_dir) -> dict:
+  """The final evaluation and the best one (with its iteration), if any."""
+  history_file = stage_dir / 'eval_history.json'
+  if not history_file.exists():
+    return {}
+  history = json.loads(history_file.read_text())
+  return {'final_eval': history[-1], 'evaluations': len(history)}
 
 
 def _export(stage, setup, state, stage_dir, models, metrics, seconds):
@@ -211,6 +281,7 @@ def _export(stage, setup, state, stage_dir, models, metrics, seconds):
       'final_metrics': metrics,
       'classes': models.class_names,
       'label_offset': models.label_offset,
+      **_eval_summary(stage_dir),
   }
   (stage_dir / 'summary.json').write_text(json.dumps(summary, indent=2))
   print(

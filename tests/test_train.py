@@ -20,7 +20,6 @@ from cgt_jax import stages
 from cgt_jax import state as state_lib
 from cgt_jax import steps
 from cgt_jax import train
-from cgt_jax.datasets import synthetic
 from configs import demo
 
 SOURCE = ['red_square', 'green_disc', 'blue_cross', 'yellow_ring']

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cgt_jax.models import biggan
 from cgt_jax.models import layers
 
 # The architecture name recorded in a model directory's architecture.json.
@@ -64,11 +65,11 @@ def stats_interpolation(truncation: float, n_stats: int) -> tuple:
   """`(index, coef)`: which stored statistics rows a truncation uses.
 
   As the PyTorch port computes it (float64 host arithmetic): with
-  `coef, index = modf(truncation * (n_stats - 1))`, the statistics are
-  `rows[index]` if coef == 0, else `coef * rows[index] + (1 - coef) *
-  rows[index + 1]` (note: the weight `coef` goes to the LOWER row). Needed
-  for parity: e.g. 0.14 -> (8.9e-16, 7) puts all the weight on row 8, and
-  0.565 -> (0.25, 28) weights rows 28 and 29 by 0.25 and 0.75.
+  `coef, index = modf(truncation / step)`, `step = 1 / (n_stats - 1)`, the
+  statistics are `rows[index]` if coef == 0, else `coef * rows[index] +
+  (1 - coef) * rows[index + 1]` (the weight `coef` goes to the LOWER row).
+  Needed for parity: e.g. 0.14 -> (8.9e-16, 7) puts all the weight on row 8,
+  and 0.565 -> (0.25, 28) weights rows 28 and 29 by 0.25 and 0.75.
   """
   if not 0 < truncation <= 1:
     raise ValueError(f'truncation must be in (0, 1], got {truncation}')
@@ -195,8 +196,8 @@ class OutputBatchNorm(nn.Module):
     mean, var = _truncation_stats(self, features, self.n_stats, truncation)
     scale = self.param('scale', nn.initializers.ones, (features,))
     bias = self.param('bias', nn.initializers.zeros, (features,))
-    return (x.astype(jnp.float32) - mean) / jnp.sqrt(var +
-                                                     self.eps) * (scale) + bias
+    normalized = (x.astype(jnp.float32) - mean) / jnp.sqrt(var + self.eps)
+    return normalized * scale + bias
 
 
 class GenBlock(nn.Module):
@@ -323,9 +324,10 @@ class Generator(nn.Module):
     stats_interpolation(truncation, self.n_stats)  # validates it early
     table = self.param('embeddings', nn.initializers.normal(0.02),
                        (self.num_classes, self.dim_z))
-    if labels.ndim == 2:
+    if labels.ndim == 2:  # class vectors, as the port takes them
       embedded = jnp.dot(labels.astype(jnp.float32), table)
     else:
+      biggan.check_labels(labels, self.num_classes)
       embedded = jnp.take(table, labels, axis=0)
     cond = jnp.concatenate([z.astype(jnp.float32), embedded], axis=-1)
     width = self.layers[0][1] * self.ch

@@ -1,0 +1,140 @@
+"""Times the jitted train step of a config on whatever devices exist.
+
+    python tools/benchmark.py --config=configs/cifar100_80to20.py \
+        --stage=transfer --steps=5
+
+Builds the stage's models with random weights (no dataset, no source
+checkpoint needed: the class counts come from the config), compiles the
+train step, runs it `--steps` times on random data and prints a table:
+iterations/s, real images/s, XLA FLOPs per iteration (the compiled program's
+cost analysis) and the achieved FLOP/s. Config overrides work as in main:
+`--config.transfer.batch_size=64`.
+"""
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from cgt_jax import parallel
+from cgt_jax import stages
+from cgt_jax import state as state_lib
+from cgt_jax import steps
+from cgt_jax.models import kp_ccbn
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
+flags.DEFINE_enum('stage', 'transfer', ['pretrain', 'transfer', 'finetune'],
+                  'Which stage to time.')
+flags.DEFINE_integer('steps', 5, 'Timed iterations after compilation.')
+flags.DEFINE_integer(
+    'num_source_classes', 0,
+    'Source classes when the config does not list them '
+    '(e.g. 1000 for an ImageNet source).')
+flags.mark_flags_as_required(['config'])
+
+
+class _Data:
+  """Class counts only: the benchmark needs no images."""
+
+  def __init__(self, source_names, target_names):
+    self.source_names = list(source_names)
+    self.target = type('T', (), {
+        'num_classes': len(target_names),
+        'class_names': list(target_names)
+    })()
+
+
+def _models(config, stage, num_source):
+  names = list(
+      config.data.source_classes) or [f'source_{i}' for i in range(num_source)]
+  data = _Data(names, config.data.target_classes)
+  models = stages._pretrain_models(config, data)  # pylint: disable=protected-access
+  if stage == 'pretrain':
+    return models
+  generator = models.generator.clone(
+      num_new_classes=data.target.num_classes,
+      kp_options=kp_ccbn.KPOptions(config.model.use_residuals,
+                                   config.model.shared_similarity))
+  discriminator = models.discriminator.clone(
+      num_new_classes=data.target.num_classes)
+  fresh_g, fresh_d = stages._fresh(generator, discriminator, 0)  # pylint: disable=protected-access
+  g_vars = kp_ccbn.init_from_source(models.g_variables, fresh_g)
+  return stages.StageModels(generator, discriminator, g_vars, fresh_d,
+                            generator.num_classes, data.target.class_names)
+
+
+def measure(config, stage, num_steps, num_source=0) -> dict:
+  models = _models(config, stage, num_source)
+  setup = stages.make_setup(stage, config, models)
+  mesh = parallel.make_mesh()
+  state = jax.device_put(
+      state_lib.create(setup, models.g_variables, models.d_variables, 0),
+      parallel.replicated(mesh))
+  n, res = setup.real_per_step, config.model.resolution
+  low, high = setup.fake_labels
+  batch = jax.device_put(
+      {
+          'image':
+              jnp.asarray(
+                  np.random.default_rng(0).uniform(-1, 1, (n, res, res, 3)),
+                  jnp.float32),
+          'label':
+              jnp.asarray(np.arange(n) % (high - low) + low, jnp.int32),
+      }, parallel.data_sharding(mesh))
+  step = steps.make_train_step(setup, mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', float('nan')))
+  state, metrics = compiled(state, batch)  # warm-up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(num_steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  seconds = (time.perf_counter() - start) / num_steps
+  return {
+      'stage':
+          stage,
+      'devices':
+          f'{jax.device_count()}x {jax.devices()[0].device_kind}',
+      'batch':
+          f'{setup.batch_size} x {setup.num_d_steps * setup.num_d_accumulations} D chunks',
+      'compile_s':
+          compile_seconds,
+      's_per_iteration':
+          seconds,
+      'real_images_per_s':
+          n / seconds,
+      'gflop_per_iteration':
+          flops / 1e9,
+      'gflop_per_s':
+          flops / 1e9 / seconds,
+  }
+
+
+def print_table(row: dict):
+  keys = list(row)
+  print('| ' + ' | '.join(keys) + ' |')
+  print('|' + '---|' * len(keys))
+  cells = [f'{v:.3g}' if isinstance(v, float) else str(v) for v in row.values()]
+  print('| ' + ' | '.join(cells) + ' |')
+
+
+def main(argv):
+  del argv
+  print_table(
+      measure(FLAGS.config, FLAGS.stage, FLAGS.steps, FLAGS.num_source_classes))
+  sys.stdout.flush()
+
+
+if __name__ == '__main__':
+  app.run(main)
