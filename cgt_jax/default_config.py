@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   e.batch_size = 256
   e.inception_dir = ''  # tools/convert_inception.py output; '' = offline
   e.cache_dir = ''  # '' = ~/.cache/cgt_jax
+  e.classifier_steps = 300  # training steps of the offline domain classifier
   e.best_metric = ''  # '' = fid with Inception, else domain_fd
 
   config.sample = s = ml_collections.ConfigDict()

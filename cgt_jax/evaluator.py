@@ -109,9 +109,10 @@ def make(config, stage, models, data, mesh) -> StageEvaluator:
     # Without source data (a converted source model), the classifier knows
     # only the new classes: shift their labels to start at 0.
     shift = 0 if data.source is not None else offset
-    classifier = domain_classifier.load_or_train(images, labels - shift,
-                                                 int(labels.max()) + 1 - shift,
-                                                 cache)
+    classifier = domain_classifier.load_or_train(
+        images, labels - shift,
+        int(labels.max()) + 1 - shift, cache,
+        domain_classifier.TrainConfig(steps=config.eval.classifier_steps))
     extractor = classifier.extractor()
   reference = stats_cache.reference_statistics(
       stage_data.images,

@@ -23,6 +23,9 @@ flags.DEFINE_string(
     'TensorBoard logs and the exported models.')
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_bool(
+    'distributed', False, 'Multi-host: call '
+    'jax.distributed.initialize() first (TPU pods, SLURM, ...).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Mistakes a user can fix: reported in one line, without a traceback.
@@ -34,7 +37,7 @@ USER_ERRORS = (stages.ConfigError, datasets.DatasetError,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if jax.process_count() > 1 or '--multihost' in sys.argv:
+  if FLAGS.distributed:
     jax.distributed.initialize()
   print(
       f'cgt_jax: {jax.device_count()} device(s) '

@@ -13,8 +13,10 @@ rebuilds the models. A save goes to a temporary sibling first and is renamed
 into place, so a failed save never leaves a half-written directory.
 """
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -26,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cgt_jax.models import biggan
+from cgt_jax.models import biggan_deep
 from cgt_jax.models import kp_ccbn
 
 ARCHITECTURE_FILE = 'architecture.json'
@@ -36,7 +39,10 @@ class ModelDirError(ValueError):
   """A model directory is missing, incomplete or inconsistent."""
 
 
-def build_generator(arch: dict) -> biggan.Generator:
+def build_generator(arch: dict):
+  """A `biggan.Generator` (or BigGAN-deep generator) from its architecture."""
+  if arch.get('family') == biggan_deep.FAMILY:
+    return biggan_deep.from_arch(arch)
   kwargs = dict(arch)
   kwargs['kp_options'] = kp_ccbn.KPOptions(**kwargs.get('kp_options', {}))
   kwargs['attention'] = tuple(kwargs.get('attention', ()))
@@ -97,9 +103,14 @@ def save(directory,
   if discriminator_variables is not None:
     tree['discriminator'] = jax.tree_util.tree_map(np.asarray,
                                                    discriminator_variables)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(staging / VARIABLES_DIR, tree)
-  checkpointer.wait_until_finished()
+  try:
+    with _no_host_copies():
+      checkpointer = ocp.StandardCheckpointer()
+      checkpointer.save(staging / VARIABLES_DIR, tree)
+      checkpointer.wait_until_finished()
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
   if directory.exists():
     backup = directory.with_name(directory.name + '.old')
     shutil.rmtree(backup, ignore_errors=True)
@@ -109,6 +120,32 @@ def save(directory,
   else:
     os.replace(staging, directory)
   return directory
+
+
+@contextlib.contextmanager
+def _no_host_copies():
+  """Orbax copies every numpy array before an (async) save; `save` waits for
+  the write anyway, so the copy would only add the checkpoint's size to peak
+  memory (ImageNet 128 px G + D: 3.5x -> 2.5x the file size). The previous
+  handler is restored afterwards."""
+  absl_log = logging.getLogger('absl')
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)  # orbax warns on every handler override
+  try:
+    previous = ocp.type_handlers.get_type_handler(np.ndarray)
+    handler = ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)
+  except (AttributeError, TypeError, ValueError):  # an older/newer orbax
+    previous = handler = None
+  try:
+    if handler is not None:
+      ocp.type_handlers.register_type_handler(
+          np.ndarray, handler, override=True)
+    yield
+  finally:
+    if previous is not None:
+      ocp.type_handlers.register_type_handler(
+          np.ndarray, previous, override=True)
+    absl_log.setLevel(level)
 
 
 def load_architecture(directory) -> dict:

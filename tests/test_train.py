@@ -1,6 +1,7 @@
 """The training job on tiny configs: sharding, freezing, resume, data paths,
 and the errors a user can make."""
 
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,10 @@ def tiny_config(**stage_steps):
   config.data.synthetic_images_per_class = 8
   config.data.target_images_per_class = 4
   config.sample.columns = 2
+  config.eval.final = False  # one test below evaluates
+  config.eval.num_samples = 16
+  config.eval.batch_size = 8
+  config.eval.classifier_steps = 20
   for stage in ('pretrain', 'transfer', 'finetune'):
     c = config[stage]
     c.num_steps = stage_steps.get(stage, 2)
@@ -52,6 +57,9 @@ def flat(tree):
 def test_demo_pipeline_runs_and_exports_every_stage(tmp_path):
   config = tiny_config()
   config.stages = ('pretrain', 'transfer', 'finetune')
+  config.eval.final = True
+  config.eval.cache_dir = str(tmp_path / 'cache')
+  config.transfer.eval_every = 1
   model_dir = train.train_and_evaluate(config, tmp_path)
   assert model_dir == tmp_path / 'finetune' / 'model'
   generator, discriminator, variables = model_io.load(model_dir)
@@ -71,15 +79,28 @@ def test_demo_pipeline_runs_and_exports_every_stage(tmp_path):
   for key, value in flat(pretrained['generator']['params']).items():
     np.testing.assert_array_equal(after[key], value, err_msg=key)
   assert any('/kp/' in k for k in after)
+  # Evaluation: offline domain-classifier metrics (never called FID), one
+  # per eval step, the best checkpoint kept by domain_fd.
+  history = json.loads(
+      (tmp_path / 'transfer' / 'eval_history.json').read_text())
+  assert [h['step'] for h in history] == [1, 2]
+  assert {'domain_fd', 'class_accuracy', 'per_class_accuracy'} <= set(
+      history[0]) and 'fid' not in history[0]
+  assert len(history[0]['per_class_accuracy']) == 2
+  assert list((tmp_path / 'transfer' / 'checkpoints' / 'best').iterdir())
+  summary = json.loads((tmp_path / 'transfer' / 'summary.json').read_text())
+  assert summary['final_eval']['step'] == 2
   # A rerun finds every stage complete and changes nothing.
   before = (tmp_path / 'transfer' / 'summary.json').read_text()
   train.train_and_evaluate(config, tmp_path)
   assert (tmp_path / 'transfer' / 'summary.json').read_text() == before
 
 
-def _setup_and_state(stage='transfer'):
+def _setup_and_state(stage='transfer', learning_rate=None):
   """A tiny transfer setup built from fresh random source variables."""
   config = tiny_config()
+  if learning_rate:  # Adam turns float noise into lr-sized steps: keep small
+    config[stage].g_lr = config[stage].d_lr = learning_rate
   data = _data(config)
   models = stages._pretrain_models(config, data)
   if stage == 'transfer':
@@ -99,7 +120,7 @@ def _data(config):
 
 
 def test_sharded_step_equals_single_device_step():
-  config, data, models, setup, state = _setup_and_state()
+  config, data, models, setup, state = _setup_and_state(learning_rate=1e-5)
   sampler = input_pipeline.BatchSampler(data.target, setup.real_per_step, 0)
   images, labels = sampler.batch(0)
   mesh = parallel.make_mesh()
@@ -291,3 +312,17 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
   assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   assert "error: config.transfer.d_chunk_reduction='avg'" in result.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_config(pretrain=4)
+  config.stages = ('pretrain',)
+  config.pretrain.g_lr = 1e30  # G explodes after its first update
+  with pytest.raises(
+      train.TrainingDiverged,
+      match=r'non-finite .* at step \d; the last good '
+      r'checkpoint \(step \d\) is kept'):
+    train.train_and_evaluate(config, tmp_path)
+  kept = sorted((tmp_path / 'pretrain' / 'checkpoints' / 'latest').iterdir())
+  assert kept
+  assert not (tmp_path / 'pretrain' / 'summary.json').exists()
