@@ -98,7 +98,9 @@ def create(setup: StageSetup, g_variables: dict, d_variables: dict,
   d_state = {k: v for k, v in d_variables.items() if k != 'params'}
   g_ema = {}
   if setup.ema_decay is not None:
-    g_ema = jax.tree_util.tree_map(jnp.asarray, dict(g_variables))
+    # Copies: sharing buffers with g_params would break donation.
+    g_ema = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True),
+                                   dict(g_variables))
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       rng=jax.random.key_data(jax.random.key(seed)),

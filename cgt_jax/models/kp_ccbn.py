@@ -187,7 +187,8 @@ def propagate_source_knowledge(params: dict) -> dict:
     bn, which = match.group(1), match.group(2)
     source = 'gain' if which == 'gamma' else 'bias'
     if shared is None:
-      out[key] = jnp.asarray(flat[f'{bn}/{source}/embedding'])
+      # A copy: sharing one buffer with the source table would break donation.
+      out[key] = jnp.array(flat[f'{bn}/{source}/embedding'], copy=True)
       continue
     weight = jnp.asarray(flat[f'{bn}/{source}/kernel'])
     dim = shared.shape[1]
