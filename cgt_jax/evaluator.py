@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cgt_jax import parallel
 from cgt_jax import steps
 from cgt_jax.evaluation import domain_classifier
 from cgt_jax.evaluation import features
@@ -46,11 +47,17 @@ class StageEvaluator:
   def samples(self, g_variables) -> np.ndarray:
     """uint8 `[n, H, W, 3]` samples in eval mode, generated in batches."""
     generate = _jitted_generator(self.generator)
+    g_variables = jax.device_put(g_variables, parallel.replicated(self.mesh))
     out = []
     for start in range(0, len(self.labels), self.batch_size):
       stop = start + self.batch_size
-      images = generate(g_variables, self.z[start:stop],
-                        jnp.asarray(self.labels[start:stop]))
+      z, labels = self.z[start:stop], jnp.asarray(self.labels[start:stop])
+      if len(labels) % self.mesh.size == 0:  # sharded like training
+        z, labels = jax.device_put((z, labels),
+                                   parallel.data_sharding(self.mesh))
+      else:
+        z, labels = jax.device_put((z, labels), parallel.replicated(self.mesh))
+      images = generate(g_variables, z, labels)
       out.append(
           np.asarray(jnp.round((images + 1) * 127.5).clip(0, 255), np.uint8))
     return np.concatenate(out)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cgt_jax import checkpointing
+from cgt_jax import comparison
 from cgt_jax import data as data_lib
 from cgt_jax import evaluator as evaluator_lib
 from cgt_jax import input_pipeline
@@ -62,7 +63,14 @@ def train_and_evaluate(config, workdir) -> pathlib.Path:
   previous = config.source_checkpoint or None
   for stage in run_stages:
     previous = run_stage(stage, config, workdir, mesh, data, previous)
+  _write_comparison(workdir, run_stages[-1])
   return pathlib.Path(previous)
+
+
+def _write_comparison(workdir, stage):
+  """comparison.{md,png}: the last stage's metric over training."""
+  if (workdir / stage / 'eval_history.json').exists():
+    comparison.compare([workdir], stage=stage, out=workdir)
 
 
 def run_stage(stage, config, workdir, mesh, data, previous_model):
@@ -99,7 +107,7 @@ def run_stage(stage, config, workdir, mesh, data, previous_model):
   finally:
     checkpoints.close()
     run.writer.flush()
-  return _export(stage, setup, state, stage_dir, models, metrics,
+  return _export(stage, config, setup, state, stage_dir, models, metrics,
                  time.perf_counter() - start)
 
 
@@ -255,16 +263,27 @@ def _write_samples(sample_grid, state, step, run):
   return path
 
 
-def _eval_summary(stage_dir) -> dict:
+def _eval_summary(stage_dir, config) -> dict:
   """The final evaluation and the best one (with its iteration), if any."""
   history_file = stage_dir / 'eval_history.json'
   if not history_file.exists():
     return {}
   history = json.loads(history_file.read_text())
-  return {'final_eval': history[-1], 'evaluations': len(history)}
+  metric, mode = evaluator_lib.best_metric(config)
+  pick = min if mode == 'min' else max
+  best = pick(history, key=lambda h: h.get(metric, float('nan')))
+  return {
+      'final_eval': history[-1],
+      'best_eval': {
+          'metric': metric,
+          'step': best['step'],
+          'value': best.get(metric)
+      },
+      'evaluations': len(history)
+  }
 
 
-def _export(stage, setup, state, stage_dir, models, metrics, seconds):
+def _export(stage, config, setup, state, stage_dir, models, metrics, seconds):
   """Writes the stage's model directory and summary (marks it complete)."""
   model_dir = model_io.save(stage_dir / 'model',
                             model_io.module_arch(setup.generator),
@@ -281,7 +300,7 @@ def _export(stage, setup, state, stage_dir, models, metrics, seconds):
       'final_metrics': metrics,
       'classes': models.class_names,
       'label_offset': models.label_offset,
-      **_eval_summary(stage_dir),
+      **_eval_summary(stage_dir, config),
   }
   (stage_dir / 'summary.json').write_text(json.dumps(summary, indent=2))
   print(

@@ -90,6 +90,15 @@ def test_demo_pipeline_runs_and_exports_every_stage(tmp_path):
   assert list((tmp_path / 'transfer' / 'checkpoints' / 'best').iterdir())
   summary = json.loads((tmp_path / 'transfer' / 'summary.json').read_text())
   assert summary['final_eval']['step'] == 2
+  best = min(history, key=lambda h: h['domain_fd'])
+  assert summary['best_eval'] == {
+      'metric': 'domain_fd',
+      'step': best['step'],
+      'value': best['domain_fd']
+  }
+  # ... and the run's comparison table and plot (tools/compare.py's).
+  assert '| ' + tmp_path.name + ' |' in (tmp_path / 'comparison.md').read_text()
+  assert (tmp_path / 'comparison.png').exists()
   # A rerun finds every stage complete and changes nothing.
   before = (tmp_path / 'transfer' / 'summary.json').read_text()
   train.train_and_evaluate(config, tmp_path)

@@ -19,11 +19,11 @@ and a conv's `weight_v` (indexed like PyTorch's `[O, I*kh*kw]` matrix
 columns, I-major) is permuted to the HWI order of the Flax kernel matrix.
 """
 
+import functools
 import re
 from typing import Mapping, Optional
 
 import numpy as np
-from flax import traverse_util
 
 from cgt_jax.convert import keymap
 
@@ -96,15 +96,6 @@ def _from_torch(path: tuple, value: np.ndarray,
   return value
 
 
-def _leaves(abstract_variables: Mapping) -> dict:
-  """{(collection, path): leaf} over every collection."""
-  out = {}
-  for collection, tree in abstract_variables.items():
-    for path, leaf in traverse_util.flatten_dict(dict(tree)).items():
-      out[(collection, path)] = leaf
-  return out
-
-
 def load_state_dict(state_dict: Mapping[str, np.ndarray],
                     abstract_variables,
                     attention_position: Optional[int],
@@ -122,31 +113,20 @@ def load_state_dict(state_dict: Mapping[str, np.ndarray],
     keymap.StateDictMismatchError naming every missing, unexpected or
     mis-shaped key with both shapes.
   """
-  leaves = _leaves(abstract_variables)
+  leaves = keymap.flat_leaves(abstract_variables)
   kernels = {
       path[:-1]: tuple(leaf.shape)
       for (collection, path), leaf in leaves.items()
       if collection == 'params' and path[-1] == 'kernel'
   }
-  problems, flat, expected = [], {}, set()
+  expected = {}
   for (collection, path), leaf in leaves.items():
-    key = torch_key(collection, path, attention_position)
-    expected.add(key)
-    want = torch_shape(path, tuple(leaf.shape))
-    if key not in state_dict:
-      problems.append(f'missing key {key!r} (model expects shape {want})')
-      continue
-    value = np.asarray(state_dict[key])
-    if tuple(value.shape) != want:
-      problems.append(f'key {key!r} has shape {tuple(value.shape)} but the '
-                      f'model expects {want}')
-      continue
-    value = _from_torch(path, value, kernels.get(path[:-1]))
-    flat[(collection,) + path] = value.astype(np.float32)
-  for key in state_dict:
-    if key not in expected:
-      shape = tuple(np.shape(state_dict[key]))
-      problems.append(f'unexpected key {key!r} with shape {shape}')
-  if problems:
-    raise keymap.StateDictMismatchError(source, problems)
-  return traverse_util.unflatten_dict(flat)
+    expected[torch_key(
+        collection, path,
+        attention_position)] = ((collection,) + path,
+                                torch_shape(path, tuple(leaf.shape)),
+                                functools.partial(
+                                    _from_torch,
+                                    path,
+                                    kernel_shape=kernels.get(path[:-1])))
+  return keymap.gather(state_dict, expected, source)

@@ -21,6 +21,7 @@ OIHW transposed), `embedding` -> `weight`, `scale` -> `gain` (output BN),
 `pretrain_embedding_w` (an alias of `shared.weight`) are ignored.
 """
 
+import functools
 import re
 from typing import Mapping
 
@@ -115,13 +116,55 @@ def to_torch(collection: str, path: tuple, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _flat_leaves(variables: Mapping) -> dict:
+def flat_leaves(variables: Mapping) -> dict:
   """{(collection, path): leaf} over every collection of `variables`."""
   out = {}
   for collection, tree in variables.items():
     for path, leaf in traverse_util.flatten_dict(dict(tree)).items():
       out[(collection, path)] = leaf
   return out
+
+
+def gather(state_dict: Mapping[str, np.ndarray],
+           expected: Mapping,
+           source: str,
+           ignored=None,
+           hint: str = '') -> dict:
+  """Flax variables from a state dict, given what the model expects.
+
+  Shared by every converter (BigGAN, BigGAN-deep, Inception).
+
+  Args:
+    state_dict: PyTorch key -> numpy array.
+    expected: PyTorch key -> `(flax_key, torch_shape, convert)`, where
+      `flax_key` is `(collection, *path)` and `convert(value)` returns the
+      array in Flax layout.
+    source: a name for error messages (usually the file name).
+    ignored: a compiled regex of extra keys to accept silently.
+    hint: appended to the first problem (e.g. "wrong variant?").
+  Raises:
+    StateDictMismatchError naming each missing, unexpected or mis-shaped key
+    with both shapes.
+  """
+  problems, flat = [], {}
+  for key, (flax_key, want, convert) in expected.items():
+    if key not in state_dict:
+      problems.append(f'missing key {key!r} (model expects shape {want})')
+      continue
+    value = np.asarray(state_dict[key])
+    if tuple(value.shape) != tuple(want):
+      problems.append(f'key {key!r} has shape {tuple(value.shape)} but the '
+                      f'model expects {tuple(want)}')
+      continue
+    flat[flax_key] = convert(value).astype(np.float32)
+  for key in state_dict:
+    if key not in expected and not (ignored and ignored.search(key)):
+      shape = tuple(np.shape(state_dict[key]))
+      problems.append(f'unexpected key {key!r} with shape {shape}')
+  if problems:
+    problems[0] += hint
+    raise StateDictMismatchError(source, problems)
+  return traverse_util.unflatten_dict(flat)
 
 
 def load_state_dict(state_dict: Mapping[str, np.ndarray],
@@ -141,34 +184,19 @@ def load_state_dict(state_dict: Mapping[str, np.ndarray],
     with both shapes.
   """
   expected = {}
-  for (collection, path), leaf in _flat_leaves(abstract_variables).items():
-    key = torch_key(collection, path)
-    expected[key] = (collection, path, tuple(leaf.shape))
-  problems, flat = [], {}
-  for key, (collection, path, flax_shape) in expected.items():
-    want = torch_shape(collection, path, flax_shape)
-    if key not in state_dict:
-      problems.append(f'missing key {key!r} (model expects shape {want})')
-      continue
-    value = np.asarray(state_dict[key])
-    if tuple(value.shape) != want:
-      problems.append(f'key {key!r} has shape {tuple(value.shape)} but the '
-                      f'model expects {want}')
-      continue
-    flat[(collection,) + path] = from_torch(collection, path,
-                                            value).astype(np.float32)
-  for key in state_dict:
-    if key not in expected and not IGNORED_TORCH_KEYS.search(key):
-      shape = tuple(np.shape(state_dict[key]))
-      problems.append(f'unexpected key {key!r} with shape {shape}')
-  if problems:
-    raise StateDictMismatchError(source, problems)
-  return traverse_util.unflatten_dict(flat)
+  for (collection, path), leaf in flat_leaves(abstract_variables).items():
+    expected[torch_key(collection,
+                       path)] = ((collection,) + path,
+                                 torch_shape(collection, path,
+                                             tuple(leaf.shape)),
+                                 functools.partial(from_torch, collection,
+                                                   path))
+  return gather(state_dict, expected, source, IGNORED_TORCH_KEYS)
 
 
 def to_state_dict(variables) -> dict:
   """PyTorch-layout state dict (numpy) of Flax variables (no `sv0`)."""
   return {
       torch_key(collection, path): to_torch(collection, path, np.asarray(leaf))
-      for (collection, path), leaf in _flat_leaves(variables).items()
+      for (collection, path), leaf in flat_leaves(variables).items()
   }

@@ -20,6 +20,7 @@ A converted directory holds:
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +33,6 @@ from typing import Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
 from cgt_jax.convert import keymap
 from cgt_jax.convert import pth_reader
@@ -86,19 +86,11 @@ def torch_key(collection: str, path: tuple) -> str:
   return '.'.join(path[:-1] + (leaf,))
 
 
-def _flat_leaves(variables: Mapping) -> dict:
-  out = {}
-  for collection, tree in variables.items():
-    for path, leaf in traverse_util.flatten_dict(dict(tree)).items():
-      out[(collection, path)] = leaf
-  return out
-
-
 def torch_shapes(variant_name: str) -> dict:
   """{PyTorch key: PyTorch shape} that the variant's Flax model expects."""
   shapes = {}
   abstract = inception.abstract_variables(variant_name)
-  for (collection, path), leaf in _flat_leaves(abstract).items():
+  for (collection, path), leaf in keymap.flat_leaves(abstract).items():
     key = torch_key(collection, path)
     shapes[key] = keymap.torch_shape(collection, path, tuple(leaf.shape))
   return shapes
@@ -123,30 +115,20 @@ def convert(state_dict: Mapping[str, np.ndarray],
     mis-shaped key with both shapes.
   """
   abstract = inception.abstract_variables(variant_name)
-  problems, flat = [], {}
-  expected = set()
-  for (collection, path), leaf in _flat_leaves(abstract).items():
-    key = torch_key(collection, path)
-    expected.add(key)
-    want = keymap.torch_shape(collection, path, tuple(leaf.shape))
-    if key not in state_dict:
-      problems.append(f'missing key {key!r} (model expects shape {want})')
-      continue
-    value = np.asarray(state_dict[key])
-    if tuple(value.shape) != want:
-      problems.append(f'key {key!r} has shape {tuple(value.shape)} but the '
-                      f'model expects {want}')
-      continue
-    flat[(collection,) + path] = keymap.from_torch(collection, path,
-                                                   value).astype(np.float32)
-  for key in state_dict:
-    if key not in expected and not IGNORED_TORCH_KEYS.search(key):
-      shape = tuple(np.shape(state_dict[key]))
-      problems.append(f'unexpected key {key!r} with shape {shape}')
-  if problems:
-    problems[0] += _variant_hint(state_dict, variant_name)
-    raise keymap.StateDictMismatchError(source, problems)
-  return traverse_util.unflatten_dict(flat)
+  expected = {}
+  for (collection, path), leaf in keymap.flat_leaves(abstract).items():
+    expected[torch_key(collection,
+                       path)] = ((collection,) + path,
+                                 keymap.torch_shape(collection, path,
+                                                    tuple(leaf.shape)),
+                                 functools.partial(keymap.from_torch,
+                                                   collection, path))
+  return keymap.gather(
+      state_dict,
+      expected,
+      source,
+      IGNORED_TORCH_KEYS,
+      hint=_variant_hint(state_dict, variant_name))
 
 
 def to_state_dict(variables) -> dict:
@@ -154,7 +136,7 @@ def to_state_dict(variables) -> dict:
   return {
       torch_key(collection, path):
           keymap.to_torch(collection, path, np.asarray(leaf))
-      for (collection, path), leaf in _flat_leaves(variables).items()
+      for (collection, path), leaf in keymap.flat_leaves(variables).items()
   }
 
 

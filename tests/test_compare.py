@@ -1,0 +1,166 @@
+"""tools/compare.py (table, plot, errors) and cgt_jax.evaluate's errors."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cgt_jax import comparison
+from cgt_jax import evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _tool(name: str):
+  spec = importlib.util.spec_from_file_location(name,
+                                                ROOT / 'tools' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope='module')
+def compare():
+  return _tool('compare')
+
+
+def _fake_run(root, name, steps, metrics, wall_seconds, stage='transfer'):
+  """A workdir whose `stage` has an eval history and a summary."""
+  stage_dir = root / name / stage
+  stage_dir.mkdir(parents=True)
+  history = [{
+      'step': step,
+      'wall_time': 1e9 + step,
+      **{
+          k: v[i] for k, v in metrics.items()
+      },
+      'per_class_accuracy': [0.5, 0.25],
+  } for i, step in enumerate(steps)]
+  (stage_dir / 'eval_history.json').write_text(json.dumps(history))
+  summary = {'stage': stage, 'steps': steps[-1], 'wall_seconds': wall_seconds}
+  (stage_dir / 'summary.json').write_text(json.dumps(summary))
+  return root / name
+
+
+def _rows(markdown: str) -> dict:
+  """Run name -> the other cells of its table row."""
+  rows = {}
+  for line in markdown.splitlines()[2:]:
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    rows[cells[0]] = cells[1:]
+  return rows
+
+
+@pytest.fixture
+def runs(tmp_path):
+  # Best domain_fd at step 200 (min) but best class_accuracy at 300 (max):
+  # the wrong direction would pick a different row.
+  a = _fake_run(tmp_path, 'run_a', [100, 200, 300], {
+      'domain_fd': [50.0, 20.5, 30.25],
+      'class_accuracy': [0.1, 0.2, 0.6]
+  }, 12.5)
+  b = _fake_run(tmp_path, 'run_b', [50, 100], {
+      'domain_fd': [9.0, 7.5],
+      'class_accuracy': [0.9, 0.3]
+  }, 99.0)
+  return [a, b]
+
+
+def test_table_min_metric(compare, runs, tmp_path, capsys):
+  out = tmp_path / 'out'
+  assert compare.main([str(r) for r in runs] + ['--out', str(out)]) == 0
+  text = (out / 'comparison.md').read_text()
+  assert 'best domain_fd (lower is better)' in text  # the default metric
+  rows = _rows(text)
+  # best, iterations to best, final, evaluations, wall time
+  assert rows['run_a'] == ['20.5', '200', '30.25', '3', '12.5']
+  assert rows['run_b'] == ['7.5', '100', '7.5', '2', '99.0']
+  assert text.strip() in capsys.readouterr().out
+
+
+def test_table_max_metric(compare, runs, tmp_path):
+  text = comparison.compare(runs, metric='class_accuracy', out=tmp_path / 'out')
+  rows = _rows(text)
+  assert rows['run_a'] == ['0.6', '300', '0.6', '3', '12.5']
+  assert rows['run_b'] == ['0.9', '50', '0.3', '2', '99.0']
+
+
+def test_default_metric_prefers_fid(compare, tmp_path):
+  run = _fake_run(tmp_path, 'inception', [10, 20], {
+      'fid': [40.0, 35.0],
+      'is': [2.0, 3.0],
+      'domain_fd': [1.0, 2.0]
+  }, 1.0)
+  text = comparison.compare([run], out=tmp_path / 'out')
+  assert _rows(text)['inception'][:3] == ['35', '20', '35']
+  text = comparison.compare([run], metric='is', out=tmp_path / 'out')
+  assert _rows(text)['inception'][:2] == ['3', '20']
+
+
+def test_plot_is_a_png(compare, runs, tmp_path):
+  out = tmp_path / 'out'
+  comparison.compare(runs, out=out)
+  with Image.open(out / 'comparison.png') as image:
+    assert image.format == 'PNG'
+    assert image.size == (640, 400)
+    pixels = np.asarray(image.convert('RGB'))
+  assert pixels.std() > 0  # something was drawn
+
+
+def test_other_stage(compare, tmp_path):
+  run = _fake_run(
+      tmp_path, 'ft', [5, 6], {'domain_fd': [3.0, 1.0]}, 2.0, stage='finetune')
+  text = comparison.compare([run], stage='finetune', out=tmp_path / 'out')
+  assert _rows(text)['ft'] == ['1', '6', '1', '2', '2.0']
+
+
+def test_missing_history(compare, runs, tmp_path, capsys):
+  (tmp_path / 'empty').mkdir()
+  code = compare.main(
+      [str(runs[0]),
+       str(tmp_path / 'empty'), '--out',
+       str(tmp_path)])
+  assert code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error: ') and 'empty' in err
+  assert 'eval_history.json' in err and len(err.splitlines()) == 1
+  assert not (tmp_path / 'comparison.md').exists()
+
+
+def test_missing_metric(compare, runs, tmp_path, capsys):
+  code = compare.main(
+      [str(r) for r in runs] +
+      ['--metric', 'fid', '--out', str(tmp_path)])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and "no metric 'fid'" in err
+  assert 'domain_fd' in err and 'per_class_accuracy' not in err
+
+
+def test_evaluate_missing_workdir(tmp_path, capsys):
+  assert evaluate.main(['--workdir', str(tmp_path / 'nope')]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: no such workdir')
+
+
+def test_evaluate_no_finished_stage(tmp_path, capsys):
+  # An interrupted stage: checkpoints but no summary.json or model.
+  (tmp_path / 'transfer' / 'checkpoints').mkdir(parents=True)
+  (tmp_path / 'config.json').write_text('{}')
+  assert evaluate.main(['--workdir', str(tmp_path)]) == 2
+  assert 'has no finished stage' in capsys.readouterr().err
+  assert evaluate.main(['--workdir', str(tmp_path), '--stage', 'pretrain']) == 2
+  assert "stage 'pretrain'" in capsys.readouterr().err
+
+
+def test_evaluate_missing_config(tmp_path, capsys):
+  stage_dir = tmp_path / 'transfer'
+  (stage_dir / 'model').mkdir(parents=True)
+  (stage_dir / 'model' / 'architecture.json').write_text('{}')
+  (stage_dir / 'summary.json').write_text('{}')
+  assert evaluate.main(['--workdir', str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'config.json is missing' in err
