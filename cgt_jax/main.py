@@ -9,6 +9,7 @@ import sys
 import jax
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from cgt_jax import datasets
@@ -37,6 +38,8 @@ USER_ERRORS = (stages.ConfigError, datasets.DatasetError,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Our progress lines say what matters; orbax/clu INFO logs would bury them.
+  logging.set_verbosity(logging.WARNING)
   if FLAGS.distributed:
     jax.distributed.initialize()
   print(

@@ -7,6 +7,7 @@ models, variables and NHWC inputs with global labels.
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import pathlib
 
@@ -111,3 +112,12 @@ def max_relative_error(actual, expected) -> float:
   actual, expected = np.asarray(actual, np.float64), np.asarray(expected)
   return float(
       np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-12))
+
+
+def load_tool(name: str):
+  """The module of `tools/<name>.py` (tools/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      name, FIXTURES.parent.parent / 'tools' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -5,9 +5,6 @@ The oracle is a small `pytorch_pretrained_biggan.BigGAN` with random weights
 by tools/convert_biggan.py exactly as a released `.bin` would be.
 """
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,32 +16,12 @@ from cgt_jax.convert import biggan_deep_keymap
 from cgt_jax.models import biggan_deep
 from tests import reference_cases as rc
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4
 # 16 px, 5 bottleneck blocks (every second one upsamples, as released), the
 # attention before block 2; the first block must take 16 * ch channels.
 LAYERS = ((False, 16, 16), (True, 16, 8), (False, 8, 4), (True, 4, 2), (False,
                                                                         2, 1))
 NUM_CLASSES, DIM_Z, CH = 5, 8, 4
-
-
-@pytest.fixture(autouse=True, scope='module')
-def fast_compiles():
-  """Skips XLA's optimisation passes in this module: on the 2-core CPU they
-  dominate compile time (4.6 s -> 1.4 s per 128 px generator in
-  tools/sample.py) and change results by float rounding at most."""
-  before = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
-def _convert_tool():
-  spec = importlib.util.spec_from_file_location(
-      'convert_biggan', ROOT / 'tools' / 'convert_biggan.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +66,7 @@ def converted(reference, tmp_path_factory):
   folder = tmp_path_factory.mktemp('deep')
   torch.save(model.state_dict(), folder / 'biggan-deep.pth')
   out = folder / 'model'
-  assert _convert_tool().main(
+  assert rc.load_tool('convert_biggan').main(
       ['--generator',
        str(folder / 'biggan-deep.pth'), '--out',
        str(out)]) == 0
@@ -219,11 +196,8 @@ def test_full_size_model_maps_onto_the_released_keys():
 
 
 def test_deep_errors(tmp_path, capsys):
-  tool = _convert_tool()
-  writer_spec = importlib.util.spec_from_file_location(
-      'bench_convert', ROOT / 'tools' / 'bench_convert.py')
-  bench = importlib.util.module_from_spec(writer_spec)
-  writer_spec.loader.exec_module(bench)
+  tool = rc.load_tool('convert_biggan')
+  bench = rc.load_tool('bench_convert')
   path = tmp_path / 'deep.pth'
   bench.write_state_dict(
       path, {'generator.gen_z.weight_orig': np.zeros((64, 16), np.float32)})

@@ -1,8 +1,6 @@
 """tools/compare.py (table, plot, errors) and cgt_jax.evaluate's errors."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -10,21 +8,12 @@ from PIL import Image
 
 from cgt_jax import comparison
 from cgt_jax import evaluate
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _tool(name: str):
-  spec = importlib.util.spec_from_file_location(name,
-                                                ROOT / 'tools' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests import reference_cases as rc
 
 
 @pytest.fixture(scope='module')
 def compare():
-  return _tool('compare')
+  return rc.load_tool('compare')
 
 
 def _fake_run(root, name, steps, metrics, wall_seconds, stage='transfer'):

@@ -8,7 +8,6 @@
   and leaves --out untouched.
 """
 
-import importlib.util
 import json
 import pathlib
 
@@ -26,38 +25,18 @@ from cgt_jax.models import biggan_deep
 from cgt_jax.models import kp_ccbn
 from tests import reference_cases as rc
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(autouse=True, scope='module')
-def fast_compiles():
-  """Skips XLA's optimisation passes in this module: on the 2-core CPU they
-  dominate compile time (4.6 s -> 1.4 s per 128 px generator in
-  tools/sample.py) and change results by float rounding at most."""
-  before = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
-def _tool(name: str):
-  spec = importlib.util.spec_from_file_location(name,
-                                                ROOT / 'tools' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope='module')
 def convert_tool():
-  return _tool('convert_biggan')
+  return rc.load_tool('convert_biggan')
 
 
 @pytest.fixture(scope='module')
 def writer():
   """`write_state_dict(path, arrays)`: a torch-free .pth writer."""
-  return _tool('bench_convert').write_state_dict
+  return rc.load_tool('bench_convert').write_state_dict
 
 
 # ----------------------------------------------------------------------------
@@ -107,7 +86,7 @@ def test_cli_conversion_reproduces_the_reference(name, convert_tool, tmp_path):
   offset = generator.num_classes if generator.num_new_classes else 0
   latents = tmp_path / 'latents.npz'
   np.savez(latents, z=io['z'], y=io['y'] + offset)
-  sample = _tool('sample')
+  sample = rc.load_tool('sample')
   for mode in ('eval', 'train'):
     images_file = tmp_path / f'{mode}.npz'
     assert sample.main([
