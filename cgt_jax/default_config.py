@@ -42,6 +42,18 @@ def stage_config(num_steps: int) -> ml_collections.ConfigDict:
   return c
 
 
+def kp_stage_config(num_steps: int) -> ml_collections.ConfigDict:
+  """A transfer/fine-tuning stage as the authors' CIFAR script runs it: one
+  D update on the sum of 4 chunks, lambda_s = lambda_r = 0.01."""
+  c = stage_config(num_steps)
+  c.num_d_steps = 1
+  c.num_d_accumulations = 4
+  c.d_chunk_reduction = 'sum'
+  c.similarity_l1 = 0.01
+  c.residual_l2 = 0.01
+  return c
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -79,18 +91,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.seed = 0
 
   config.pretrain = stage_config(10000)
-  config.transfer = stage_config(5000)
-  config.transfer.num_d_steps = 1
-  config.transfer.num_d_accumulations = 4
-  config.transfer.d_chunk_reduction = 'sum'
-  config.transfer.similarity_l1 = 0.01
-  config.transfer.residual_l2 = 0.01
-  config.finetune = stage_config(2000)
-  config.finetune.num_d_steps = 1
-  config.finetune.num_d_accumulations = 4
-  config.finetune.d_chunk_reduction = 'sum'
-  config.finetune.similarity_l1 = 0.01
-  config.finetune.residual_l2 = 0.01
+  config.transfer = kp_stage_config(5000)
+  config.finetune = kp_stage_config(2000)
 
   config.eval = e = ml_collections.ConfigDict()
   e.final = True  # evaluate each stage's final generator

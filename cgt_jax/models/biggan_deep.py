@@ -141,11 +141,7 @@ class SNConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.orthogonal(),
                         (k, k, x.shape[-1], self.features))
     kernel = _spectral_normalize(self, kernel, self.eps, train)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype),
-        kernel.astype(self.dtype), (1, 1),
-        'SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = layers.conv2d_same(x, kernel, self.dtype)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros,
                          (self.features,)).astype(self.dtype)

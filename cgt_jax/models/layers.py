@@ -131,6 +131,15 @@ class SNDense(nn.Module):
     return y
 
 
+def conv2d_same(x, kernel, dtype):
+  """NHWC x HWIO convolution, stride 1, 'same' padding, computed in `dtype`."""
+  return jax.lax.conv_general_dilated(
+      x.astype(dtype),
+      kernel.astype(dtype), (1, 1),
+      'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 class SNConv(nn.Module):
   """Spectrally normalised 2-D convolution, stride 1, 'same' padding.
 
@@ -152,11 +161,7 @@ class SNConv(nn.Module):
                         (k, k, x.shape[-1], self.features))
     w_mat = kernel.reshape(-1, self.features).T
     kernel = kernel / spectral_sigma(self, w_mat, self.eps, train)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype),
-        kernel.astype(self.dtype), (1, 1),
-        'SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = conv2d_same(x, kernel, self.dtype)
     if self.use_bias:
       bias = self.param('bias', torch_default_bias_init(fan_in),
                         (self.features,))
