@@ -64,6 +64,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.source_checkpoint = ''
   config.dtype = 'float32'  # 'bfloat16' for accelerators
 
+  # How the transfer stage learns the new classes (cgt_jax/methods.py):
+  # 'kp' (ours), a baseline ('scratch', 'transfergan', 'freezed', 'bsa') or
+  # a variant ('kp_finetune', the Table 2 ablations such as 'kp_no_l1').
+  config.method = 'kp'
+  config.method_options = o = ml_collections.ConfigDict()
+  o.new_class_init = 'mean'  # transfergan/freezed new rows: 'mean' | 'fresh'
+  o.frozen_d_blocks = 2  # freezed: lowest D blocks (and their attention)
+  o.bsa_start = 'mean'  # bsa vectors start at: 'mean' | 'identity'
+  # Transfer-stage fields per method, e.g. method_overrides.transfergan =
+  # {'g_lr': 2e-4}: full fine-tuning wants other learning rates than KP.
+  config.method_overrides = ml_collections.ConfigDict()
+
   config.model = m = ml_collections.ConfigDict()
   m.resolution = 32
   m.g_ch = 64
@@ -101,6 +113,10 @@ def get_config() -> ml_collections.ConfigDict:
   e.inception_dir = ''  # tools/convert_inception.py output; '' = offline
   e.cache_dir = ''  # '' = ~/.cache/cgt_jax
   e.classifier_steps = 300  # training steps of the offline domain classifier
+  # Train the domain classifier on the source classes too (when their images
+  # can be loaded), so that a new class drawn like a source class counts as
+  # wrong even in runs that start from a source_checkpoint.
+  e.classifier_with_source = False
   e.best_metric = ''  # '' = fid with Inception, else domain_fd
 
   config.sample = s = ml_collections.ConfigDict()

@@ -88,8 +88,7 @@ def evaluate(workdir, stage=None, num_samples=None, inception_dir=None):
   stage = _stage(workdir, stage)
   config = load_config(workdir, num_samples, inception_dir)
   # The same data as training, so the classifier and statistics caches hit.
-  need_source = ('pretrain' in config.stages and
-                 not config.source_checkpoint) or stage == 'pretrain'
+  need_source = stages.needs_source_data(config) or stage == 'pretrain'
   data = data_lib.load(
       config.data, need_source=need_source, resolution=config.model.resolution)
   models = _models(workdir / stage)

@@ -109,16 +109,16 @@ def make(config, stage, models, data, mesh) -> StageEvaluator:
     extractor = features.inception_extractor(config.eval.inception_dir)
     shift = offset
   else:
-    # New classes follow the source ones in the classifier's label space,
-    # also while pretraining (the generator does not know them yet).
-    target_offset = offset if data.source is None else data.source.num_classes
+    # The classifier's labels: source classes (when their images are
+    # loaded) first, then the new classes.
+    target_offset = 0 if data.source is None else data.source.num_classes
     images, labels = classifier_data(data, target_offset)
-    # Without source data (a converted source model), the classifier knows
-    # only the new classes: shift their labels to start at 0.
-    shift = 0 if data.source is not None else offset
+    # Generator label -> classifier label: the new classes sit at `offset`
+    # in the generator (0 for a scratch model) and at `target_offset` here.
+    shift = 0 if stage == 'pretrain' else offset - target_offset
     classifier = domain_classifier.load_or_train(
-        images, labels - shift,
-        int(labels.max()) + 1 - shift, cache,
+        images, labels,
+        int(labels.max()) + 1, cache,
         domain_classifier.TrainConfig(steps=config.eval.classifier_steps))
     extractor = classifier.extractor()
   reference = stats_cache.reference_statistics(

@@ -12,11 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from cgt_jax import datasets
-from cgt_jax import model_io
-from cgt_jax import stages
 from cgt_jax import train
-from cgt_jax.convert import keymap
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -28,11 +24,6 @@ flags.DEFINE_bool(
     'distributed', False, 'Multi-host: call '
     'jax.distributed.initialize() first (TPU pods, SLURM, ...).')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-# Mistakes a user can fix: reported in one line, without a traceback.
-USER_ERRORS = (stages.ConfigError, datasets.DatasetError,
-               model_io.ModelDirError, keymap.StateDictMismatchError,
-               train.TrainingDiverged)
 
 
 def main(argv):
@@ -51,7 +42,7 @@ def main(argv):
   except train.Preempted as stop:
     print(str(stop), file=sys.stderr)
     sys.exit(0)
-  except USER_ERRORS as error:
+  except train.USER_ERRORS as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)
   except ValueError as error:  # bad values caught by model/layer checks

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from cgt_jax import optim
-from cgt_jax import trainable
 from cgt_jax.models import biggan
 
 
@@ -75,13 +74,15 @@ class StageSetup:
     return self.batch_size * self.num_d_steps * self.num_d_accumulations
 
 
-def optimizers(stage_config, g_params, stage: str, d_trainable=None):
-  """`(g_optimizer, d_optimizer)` for a stage config (see configs/)."""
-  g_mask = trainable.generator_mask(
-      g_params, stage, update_prior=stage_config.get('update_prior', True))
+def optimizers(stage_config, g_trainable, d_trainable=None):
+  """`(g_optimizer, d_optimizer)` for a stage config (see configs/).
+
+  `g_trainable`/`d_trainable`: bool pytrees like the parameters, True where
+  a parameter trains (`cgt_jax.trainable`); `d_trainable=None`: all of D.
+  """
   g_opt = optim.with_frozen(
       optim.adam(stage_config.g_lr, stage_config.adam_b1, stage_config.adam_b2,
-                 stage_config.adam_eps), g_mask)
+                 stage_config.adam_eps), g_trainable)
   d_opt = optim.adam(stage_config.d_lr, stage_config.adam_b1,
                      stage_config.adam_b2, stage_config.adam_eps)
   if d_trainable is not None:

@@ -26,8 +26,10 @@ import numpy as np
 from cgt_jax import checkpointing
 from cgt_jax import comparison
 from cgt_jax import data as data_lib
+from cgt_jax import datasets
 from cgt_jax import evaluator as evaluator_lib
 from cgt_jax import input_pipeline
+from cgt_jax import methods
 from cgt_jax import model_io
 from cgt_jax import parallel
 from cgt_jax import reporting
@@ -35,6 +37,7 @@ from cgt_jax import stages
 from cgt_jax import state as state_lib
 from cgt_jax import steps
 from cgt_jax import visualize
+from cgt_jax.convert import keymap
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,8 +48,15 @@ class Preempted(RuntimeError):
   """SIGTERM arrived; the state was saved."""
 
 
+# Mistakes a user can fix: commands report them in one line, no traceback.
+USER_ERRORS = (stages.ConfigError, datasets.DatasetError,
+               model_io.ModelDirError, keymap.StateDictMismatchError,
+               methods.MethodError, TrainingDiverged)
+
+
 def train_and_evaluate(config, workdir) -> pathlib.Path:
   """Runs `config.stages`; returns the last stage's model directory."""
+  config = methods.resolve(config)
   stages.validate_config(config)
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +68,7 @@ def train_and_evaluate(config, workdir) -> pathlib.Path:
   ]
   data = data_lib.load(
       config.data,
-      need_source='pretrain' in run_stages,
+      need_source=stages.needs_source_data(config),
       resolution=config.model.resolution)
   previous = config.source_checkpoint or None
   for stage in run_stages:
@@ -283,6 +293,20 @@ def _eval_summary(stage_dir, config) -> dict:
   }
 
 
+def _trainable_counts(stage, config, models) -> dict:
+  """Scalars that train in each network (the parameter cost of a method)."""
+  masks = stages.trainable_masks(stage, config, models)
+  params = (models.g_variables['params'], models.d_variables['params'])
+  return {
+      name:
+          sum(
+              int(np.size(p)) for p, t in zip(
+                  jax.tree_util.tree_leaves(tree),
+                  jax.tree_util.tree_leaves(mask)) if t)
+      for name, tree, mask in zip(('generator', 'discriminator'), params, masks)
+  }
+
+
 def _export(stage, config, setup, state, stage_dir, models, metrics, seconds):
   """Writes the stage's model directory and summary (marks it complete)."""
   model_dir = model_io.save(stage_dir / 'model',
@@ -298,8 +322,10 @@ def _export(stage, config, setup, state, stage_dir, models, metrics, seconds):
       'steps': int(state.step),
       'wall_seconds': round(seconds, 1),
       'final_metrics': metrics,
+      'method': config.method,
       'classes': models.class_names,
       'label_offset': models.label_offset,
+      'trainable_parameters': _trainable_counts(stage, config, models),
       **_eval_summary(stage_dir, config),
   }
   (stage_dir / 'summary.json').write_text(json.dumps(summary, indent=2))

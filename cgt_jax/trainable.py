@@ -12,6 +12,14 @@ The stages reproduce the authors' `requires_grad` toggling:
   layers (similarity, prior, z projection, residuals); the source generator
   is frozen. `update_prior=False` freezes the prior too (Table 2 ablation).
 * `ft` (fine-tuning, sec. 5.4): everything except similarity and prior.
+
+and the baselines' (cgt_jax/methods.py):
+
+* `all`: every parameter (Scratch, TransferGAN, FreezeD).
+* `bsa`: only the new classes' free BN vectors (the residuals of a KP layer
+  without propagation) and, with hierarchical z, the z projection.
+
+`discriminator_mask` freezes FreezeD's lowest discriminator blocks.
 """
 
 import re
@@ -38,8 +46,10 @@ _SOURCE = frozenset({
 _KP = frozenset({'similarity', 'prior', 'z_projection', 'residual'})
 STAGE_GROUPS = {
     'pretrain': _SOURCE,
+    'all': _SOURCE,
     'bn': _KP,
     'ft': _SOURCE | {'z_projection', 'residual'},
+    'bsa': frozenset({'z_projection', 'residual'}),
 }
 
 
@@ -70,3 +80,15 @@ def generator_mask(params: Mapping,
   flat = traverse_util.flatten_dict(dict(params), sep='/')
   return traverse_util.unflatten_dict(
       {path: group_of(path) in train for path in flat}, sep='/')
+
+
+def discriminator_mask(params: Mapping, frozen_blocks: int = 0) -> dict:
+  """True where a discriminator parameter trains (FreezeD: the lowest blocks
+  and the attention that follows them stay frozen)."""
+
+  def trains(path):
+    match = re.match(r'^(block|attention)_(\d+)/', path)
+    return not (match and int(match.group(2)) < frozen_blocks)
+
+  flat = traverse_util.flatten_dict(dict(params), sep='/')
+  return traverse_util.unflatten_dict({p: trains(p) for p in flat}, sep='/')

@@ -56,4 +56,24 @@ def get_config():
   t.sample_every = 100
   t.eval_every = 100
   t.checkpoint_every = 250
+
+  # KP then fine-tuning (--config.method=kp_finetune): all of G but the
+  # similarity and prior, at the reference's G learning rate.
+  f = config.finetune
+  for key in ('batch_size', 'num_d_steps', 'num_d_accumulations',
+              'd_chunk_reduction', 'd_lr', 'log_every', 'sample_every',
+              'eval_every', 'checkpoint_every'):
+    f[key] = t[key]
+  f.num_steps = 300
+  f.g_lr = 2e-4
+
+  # Baselines (python -m cgt_jax.experiments.compare): methods that train
+  # every G weight use the reference's G learning rate, not KP's 10x one;
+  # scratch also needs the pretraining D learning rate to learn anything.
+  config.method_overrides.transfergan = {'g_lr': 2e-4}
+  config.method_overrides.freezed = {'g_lr': 2e-4}
+  config.method_overrides.scratch = {'g_lr': 2e-4, 'd_lr': 2e-4}
+  # The 56-way classifier (source classes included) also for runs that
+  # start from a saved source model, so every method is scored alike.
+  config.eval.classifier_with_source = True
   return config

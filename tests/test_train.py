@@ -111,7 +111,7 @@ def _setup_and_state(stage='transfer', learning_rate=None):
   if learning_rate:  # Adam turns float noise into lr-sized steps: keep small
     config[stage].g_lr = config[stage].d_lr = learning_rate
   data = _data(config)
-  models = stages._pretrain_models(config, data)
+  models = stages.initial_models('pretrain', config, data, None)
   if stage == 'transfer':
     source_dir = model_io.save(
         os.path.join(os.environ.get('PYTEST_TMP', '/tmp'), 'cgt_src_model'),
@@ -293,7 +293,8 @@ def test_missing_dataset_is_explained(tmp_path):
 def test_class_count_mismatch_with_checkpoint_is_explained(tmp_path):
   config = tiny_config()
   data = _data(config)
-  models = stages._pretrain_models(config, data)  # 4 source classes
+  # 4 source classes
+  models = stages.initial_models('pretrain', config, data, None)
   source = model_io.save(tmp_path / 'source',
                          model_io.module_arch(models.generator),
                          models.g_variables,

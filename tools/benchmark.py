@@ -54,7 +54,7 @@ def _models(config, stage, num_source):
   names = list(
       config.data.source_classes) or [f'source_{i}' for i in range(num_source)]
   data = _Data(names, config.data.target_classes)
-  models = stages._pretrain_models(config, data)  # pylint: disable=protected-access
+  models = stages.initial_models('pretrain', config, data, None)
   if stage == 'pretrain':
     return models
   generator = models.generator.clone(

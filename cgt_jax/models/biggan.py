@@ -204,7 +204,8 @@ class Generator(nn.Module):
   def _bn_factory(self):
     """A partial building every conditional BN layer alike."""
     similarity = None
-    if self.num_new_classes and self.kp_options.shared_similarity:
+    options = self.kp_options
+    if self.num_new_classes and options.propagate and options.shared_similarity:
       spectral = self.shared_dim > 0
       similarity = tuple(
           kp_ccbn.similarity_layer(self.num_classes, spectral,

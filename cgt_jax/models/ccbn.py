@@ -72,6 +72,7 @@ class ClassConditionalBatchNorm(nn.Module):
           sn_eps=self.sn_eps,
           weights_init=self.weights_init,
           use_residuals=self.kp_options.use_residuals,
+          propagate=self.kp_options.propagate,
           similarity=self.kp_similarity,
           name='kp')(
               onehot, z_chunk, train, used=jnp.any(is_new))

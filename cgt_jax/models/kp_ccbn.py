@@ -64,11 +64,16 @@ class KPOptions:
       ablation "without residuals" sets this False.
     shared_similarity: one similarity matrix pair (S_gamma, S_beta) shared by
       all BN layers instead of one per layer (Table 2 ablation).
+    propagate: False drops the similarity and the prior, leaving each new
+      class free per-layer vectors (the residuals) plus the z projection:
+      the BSA baseline, "cGANTransfer without knowledge propagation"
+      (cgt_jax/methods.py).
   Whether the prior is updatable or frozen is a training choice, made by
   the trainable-parameter rules (`cgt_jax.trainable`).
   """
   use_residuals: bool = True
   shared_similarity: bool = False
+  propagate: bool = True
 
 
 def similarity_layer(num_source_classes: int,
@@ -105,6 +110,7 @@ class KnowledgePropagation(nn.Module):
   sn_eps: float = 1e-6
   weights_init: str = 'ortho'
   use_residuals: bool = True
+  propagate: bool = True
   similarity: Optional[tuple] = None
 
   @nn.compact
@@ -114,7 +120,9 @@ class KnowledgePropagation(nn.Module):
                train: bool = False,
                used: Any = True):
     """`onehot` `[B, M]` of the new class, `z_chunk` `[B, z_dim]` or None."""
-    if self.similarity is None:
+    if not self.propagate:
+      sim_gamma = sim_beta = None
+    elif self.similarity is None:
       sim_gamma = similarity_layer(self.num_source_classes, self.spectral,
                                    self.weights_init, 'similarity_gamma')
       sim_beta = similarity_layer(self.num_source_classes, self.spectral,
@@ -127,15 +135,17 @@ class KnowledgePropagation(nn.Module):
 
   def _propagate(self, which, similarity, onehot, z_chunk, train, used):
     """P^T S(onehot) [+ Z^T z + c] [+ R^T onehot] for 'gamma' or 'beta'."""
-    scores = similarity(onehot, train, used)
-    prior = layers.SNDense(
-        self.features,
-        use_bias=not self.spectral,
-        eps=self.sn_eps,
-        spectral=self.spectral,
-        kernel_init=layers.weight_init(self.weights_init),
-        name=f'prior_{which}')
-    out = prior(scores, train, used)
+    out = 0
+    if similarity is not None:
+      scores = similarity(onehot, train, used)
+      prior = layers.SNDense(
+          self.features,
+          use_bias=not self.spectral,
+          eps=self.sn_eps,
+          spectral=self.spectral,
+          kernel_init=layers.weight_init(self.weights_init),
+          name=f'prior_{which}')
+      out = prior(scores, train, used)
     if self.z_dim:
       z_proj = layers.SNDense(
           self.features,
@@ -181,10 +191,10 @@ def propagate_source_knowledge(params: dict) -> dict:
   shared = flat.get('shared/embedding')
   out = dict(flat)
   for key in flat:
-    match = re.fullmatch(r'(.*)/kp/prior_(gamma|beta)/kernel', key)
+    match = re.fullmatch(r'(.*)/kp/(prior|z_proj)_(gamma|beta)/kernel', key)
     if not match:
       continue
-    bn, which = match.group(1), match.group(2)
+    bn, kind, which = match.groups()
     source = 'gain' if which == 'gamma' else 'bias'
     if shared is None:
       # A copy: sharing one buffer with the source table would break donation.
@@ -192,11 +202,13 @@ def propagate_source_knowledge(params: dict) -> dict:
       continue
     weight = jnp.asarray(flat[f'{bn}/{source}/kernel'])
     dim = shared.shape[1]
-    out[key] = jnp.matmul(
-        jnp.asarray(shared), weight[:dim], precision=jax.lax.Precision.HIGHEST)
-    z_key = f'{bn}/kp/z_proj_{which}/kernel'
-    if z_key in flat:
-      out[z_key] = weight[dim:]
+    if kind == 'z_proj':
+      out[key] = weight[dim:]
+    else:
+      out[key] = jnp.matmul(
+          jnp.asarray(shared),
+          weight[:dim],
+          precision=jax.lax.Precision.HIGHEST)
   return traverse_util.unflatten_dict(out, sep='/')
 
 

@@ -1,0 +1,332 @@
+"""Baselines and ablations: which parameters each method trains (against
+hand-written lists), that the frozen ones stay bit-identical, where the new
+classes start, and the one-command comparison."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from cgt_jax import baselines
+from cgt_jax import evaluator
+from cgt_jax import input_pipeline
+from cgt_jax import methods
+from cgt_jax import model_io
+from cgt_jax import stages
+from cgt_jax import state as state_lib
+from cgt_jax import steps
+from cgt_jax.experiments import compare
+from cgt_jax.models import biggan
+from cgt_jax.models import kp_ccbn
+from cgt_jax.models import layers
+from tests import reference_cases as rc
+from tests.test_train import _data
+from tests.test_train import tiny_config
+
+NUM_SOURCE, NUM_NEW = 4, 2
+# The tiny 32 px generator: 3 blocks, 2 conditional BN layers each.
+BN_LAYERS = [f'block_{i}/bn{j}' for i in range(3) for j in (1, 2)]
+SIMILARITY = ('similarity_gamma/kernel', 'similarity_gamma/bias',
+              'similarity_beta/kernel', 'similarity_beta/bias')
+PRIOR = ('prior_gamma/kernel', 'prior_gamma/bias', 'prior_beta/kernel',
+         'prior_beta/bias')
+RESIDUAL = ('residual_gamma/kernel', 'residual_beta/kernel')
+EVERYTHING = 'every parameter'
+
+
+def per_layer(*names):
+  return {f'{bn}/kp/{name}' for bn in BN_LAYERS for name in names}
+
+
+# What trains in G during the transfer stage, written out by hand.
+EXPECTED_G = {
+    'scratch': EVERYTHING,
+    'transfergan': EVERYTHING,
+    'freezed': EVERYTHING,
+    'bsa': per_layer(*RESIDUAL),
+    'kp': per_layer(*SIMILARITY, *PRIOR, *RESIDUAL),
+    'kp_frozen_prior_no_res': per_layer(*SIMILARITY),
+    'kp_frozen_prior': per_layer(*SIMILARITY, *RESIDUAL),
+    'kp_no_res': per_layer(*SIMILARITY, *PRIOR),
+    'kp_shared_w_no_res': per_layer(*PRIOR) | {f'kp_{s}' for s in SIMILARITY},
+    'kp_no_reg': per_layer(*SIMILARITY, *PRIOR, *RESIDUAL),
+    'kp_no_l1': per_layer(*SIMILARITY, *PRIOR, *RESIDUAL),
+    'kp_no_l2': per_layer(*SIMILARITY, *PRIOR, *RESIDUAL),
+}
+# (lambda_s, lambda_r) of the paper's eq. 7 in each method's transfer stage.
+EXPECTED_REGULARISERS = {
+    'kp': (0.01, 0.01),
+    'kp_no_reg': (0.0, 0.0),
+    'kp_no_l1': (0.0, 0.01),
+    'kp_no_l2': (0.01, 0.0),
+    'bsa': (0.0, 0.0),
+    'transfergan': (0.0, 0.0),
+}
+FREEZED_FROZEN_D = ('block_0/', 'block_1/')  # method_options.frozen_d_blocks=2
+
+
+@pytest.fixture(scope='module')
+def source_dir(tmp_path_factory):
+  """A saved random 4-class source model (G and D)."""
+  config = tiny_config()
+  models = stages.initial_models('pretrain', config, _data(config), None)
+  return model_io.save(
+      tmp_path_factory.mktemp('source') / 'model',
+      model_io.module_arch(models.generator), models.g_variables,
+      model_io.module_arch(models.discriminator), models.d_variables)
+
+
+def method_config(method, source_dir, **options):
+  config = tiny_config()
+  config.method = method
+  config.source_checkpoint = str(source_dir)
+  config.stages = ('transfer',)
+  for key, value in options.items():
+    config.method_options[key] = value
+  config = methods.resolve(config)
+  stages.validate_config(config)
+  return config
+
+
+def transfer(method, source_dir, **options):
+  config = method_config(method, source_dir, **options)
+  models = stages.initial_models('transfer', config, _data(config),
+                                 str(source_dir))
+  return config, models
+
+
+def trained_paths(mask):
+  flat = traverse_util.flatten_dict(mask, sep='/')
+  return {path for path, trains in flat.items() if trains}, set(flat)
+
+
+@pytest.mark.parametrize('method', sorted(EXPECTED_G))
+def test_trained_generator_parameters_match_the_written_list(
+    method, source_dir):
+  config, models = transfer(method, source_dir)
+  g_mask, d_mask = stages.trainable_masks('transfer', config, models)
+  trained, every = trained_paths(g_mask)
+  expected = every if EXPECTED_G[method] == EVERYTHING else EXPECTED_G[method]
+  assert trained == expected
+  d_trained, d_every = trained_paths(d_mask)
+  d_frozen = {
+      p for p in d_every
+      if method == 'freezed' and p.startswith(FREEZED_FROZEN_D)
+  }
+  assert d_frozen or method != 'freezed'
+  assert d_trained == d_every - d_frozen
+  if method in EXPECTED_REGULARISERS:
+    setup = stages.make_setup('transfer', config, models)
+    assert (setup.similarity_l1,
+            setup.residual_l2) == EXPECTED_REGULARISERS[method]
+
+
+def test_each_method_starts_from_the_right_model(source_dir):
+  _, scratch = transfer('scratch', source_dir)
+  assert (scratch.generator.num_classes, scratch.label_offset) == (NUM_NEW, 0)
+  _, extended = transfer('transfergan', source_dir)
+  assert extended.generator.num_classes == NUM_SOURCE + NUM_NEW
+  assert extended.generator.num_new_classes == 0
+  assert extended.label_offset == NUM_SOURCE
+  _, bsa = transfer('bsa', source_dir)
+  assert not bsa.generator.kp_options.propagate
+  assert not any(
+      'similarity' in p or 'prior' in p
+      for p in traverse_util.flatten_dict(bsa.g_variables['params'], sep='/'))
+  for models in (extended, bsa):
+    assert models.discriminator.num_new_classes == NUM_NEW
+
+
+@pytest.mark.parametrize('method', [
+    'scratch', 'transfergan', 'freezed', 'bsa', 'kp', 'kp_frozen_prior_no_res'
+])
+def test_frozen_parameters_stay_bit_identical(method, source_dir):
+  config, models = transfer(method, source_dir)
+  config.transfer.g_lr = config.transfer.d_lr = 1e-3
+  setup = stages.make_setup('transfer', config, models)
+  g_mask, d_mask = stages.trainable_masks('transfer', config, models)
+  state = state_lib.create(setup, models.g_variables, models.d_variables, 0)
+  before = jax.device_get((state.g_params, state.d_params))
+  data = _data(config)
+  sampler = input_pipeline.BatchSampler(data.target, setup.real_per_step, 0)
+  step_fn = steps.make_train_step(setup)
+  for step in range(2):
+    images, labels = sampler.batch(step)
+    state, _ = step_fn(
+        state, {
+            'image': jnp.asarray(images / 127.5 - 1, jnp.float32),
+            'label': jnp.asarray(labels + models.label_offset)
+        })
+  after = jax.device_get((state.g_params, state.d_params))
+  for mask, old, new in zip((g_mask, d_mask), before, after):
+    old = traverse_util.flatten_dict(old, sep='/')
+    new = traverse_util.flatten_dict(new, sep='/')
+    for path, trains in traverse_util.flatten_dict(mask, sep='/').items():
+      if not trains:
+        np.testing.assert_array_equal(new[path], old[path], err_msg=path)
+      elif path != 'embed/embedding':  # source projection: no new-class grad
+        assert not np.array_equal(new[path], old[path]), path
+
+
+def test_new_class_rows_start_at_the_source_mean(source_dir):
+  _, models = transfer('transfergan', source_dir)
+  _, _, source = model_io.load(source_dir)
+  old = traverse_util.flatten_dict(source['generator']['params'], sep='/')
+  new = traverse_util.flatten_dict(models.g_variables['params'], sep='/')
+  tables = [k for k in old if k.endswith('/gain/embedding')]
+  assert len(tables) == len(BN_LAYERS)
+  for key in tables:
+    np.testing.assert_array_equal(new[key][:NUM_SOURCE], old[key])
+    np.testing.assert_allclose(
+        new[key][NUM_SOURCE:],
+        np.broadcast_to(old[key].mean(0), (NUM_NEW, old[key].shape[1])),
+        rtol=1e-6)
+  _, fresh = transfer('transfergan', source_dir, new_class_init='fresh')
+  key = tables[0]
+  fresh_rows = traverse_util.flatten_dict(
+      fresh.g_variables['params'], sep='/')[key][NUM_SOURCE:]
+  assert not np.allclose(fresh_rows, old[key].mean(0))
+
+
+def test_bsa_mean_start_draws_what_a_mean_class_row_draws(source_dir):
+  """BSA (KP layer, no propagation, vectors at the source mean) and a plain
+  BigGAN whose new rows are the mean of the source rows are the same
+  generator for the new classes at the start."""
+  _, bsa = transfer('bsa', source_dir)
+  _, extended = transfer('transfergan', source_dir)
+  z = jax.random.normal(jax.random.key(1), (4, bsa.generator.dim_z))
+  labels = jnp.array([4, 5, 4, 5])
+  images_bsa = steps.generate(bsa.generator, bsa.g_variables, z, labels)
+  images_ext = steps.generate(extended.generator, extended.g_variables, z,
+                              labels)
+  np.testing.assert_allclose(images_bsa, images_ext, atol=2e-6)
+  _, identity = transfer('bsa', source_dir, bsa_start='identity')
+  residuals = [
+      v for k, v in traverse_util.flatten_dict(
+          identity.g_variables['params'], sep='/').items() if 'residual' in k
+  ]
+  assert residuals and not any(np.any(r) for r in residuals)
+
+
+def test_bsa_mean_start_in_the_imagenet_form_applies_the_spectral_norm():
+  """Shared embedding + hierarchical z: the residual is the mean class part
+  of the SN linear, E_k W_class / sigma(W), sigma as eval mode computes it."""
+  source = biggan.Generator(
+      resolution=32, num_classes=3, ch=4, dim_z=20, shared_dim=8, hier=True)
+  z, labels = jnp.zeros((2, 20)), jnp.array([0, 1])
+  variables = rc.random_variables(rc.abstract_variables(source, z, labels))
+  extended = source.clone(
+      num_new_classes=2, kp_options=kp_ccbn.KPOptions(propagate=False))
+  fresh = rc.random_variables(rc.abstract_variables(extended, z, labels), 1)
+  started = baselines.start_bsa_vectors(
+      kp_ccbn.init_from_source(variables, fresh), 'mean', source.sn_eps)
+  # The source layer's class offset for the mean embedding and a zero z
+  # chunk, through the Flax layer itself (eval mode: stored u).
+  params = traverse_util.flatten_dict(variables['params'], sep='/')
+  kernel = params['block_0/bn1/gain/kernel']
+  mean_e = params['shared/embedding'].mean(0)
+  cond = jnp.concatenate([mean_e, jnp.zeros(kernel.shape[0] - 8)])
+  expected = layers.SNDense(
+      kernel.shape[1], use_bias=False, eps=source.sn_eps).apply(
+          {
+              'params': {
+                  'kernel': kernel
+              },
+              'sn': {
+                  'u': variables['sn']['block_0']['bn1']['gain']['u']
+              }
+          }, cond[None])[0]
+  got = traverse_util.flatten_dict(
+      started['params'], sep='/')['block_0/bn1/kp/residual_gamma/kernel']
+  np.testing.assert_allclose(
+      got, np.broadcast_to(expected, got.shape), rtol=1e-5, atol=1e-7)
+
+
+def test_resolve_applies_switches_and_overrides_once():
+  config = tiny_config()
+  config.method = 'kp_frozen_prior_no_res'
+  config.method_overrides.kp = {'g_lr': 1e-3}
+  resolved = methods.resolve(config)
+  assert resolved.transfer.update_prior is False
+  assert resolved.model.use_residuals is False
+  assert resolved.transfer.g_lr == 1e-3  # the base method's override
+  assert config.model.use_residuals is True  # the input is not changed
+  assert methods.resolve(resolved).to_dict() == resolved.to_dict()
+  config.method = 'kp_finetune'
+  assert methods.resolve(config).stages == ('pretrain', 'transfer', 'finetune')
+  config.method = 'scratch'
+  assert methods.resolve(config).stages == ('transfer',)
+
+
+@pytest.mark.parametrize('change,message', [
+    ({
+        'method': 'bogus'
+    }, "config.method='bogus' is not a method"),
+    ({
+        'method': 'transfergan',
+        'stages': ('pretrain', 'transfer', 'finetune')
+    }, "drop 'finetune'"),
+    ({
+        'method': 'freezed',
+        'frozen_d_blocks': 5
+    }, 'has 4 blocks'),
+    ({
+        'new_class_init': 'zeros'
+    }, 'new_class_init'),
+])
+def test_bad_method_settings_are_explained(change, message):
+  config = tiny_config()
+  for key, value in change.items():
+    if key in config.method_options:
+      config.method_options[key] = value
+    else:
+      config[key] = value
+  with pytest.raises((stages.ConfigError, methods.MethodError), match=message):
+    stages.validate_config(methods.resolve(config))
+
+
+def test_parse_methods_expands_groups_and_rejects_unknown_names():
+  assert compare.parse_methods('baselines') == list(methods.METHODS)
+  assert compare.parse_methods('kp,table2')[0] == 'kp'
+  assert len(compare.parse_methods('table2')) == 8
+  with pytest.raises(methods.MethodError, match="unknown \\['kpp'\\]"):
+    compare.parse_methods('kp,kpp')
+
+
+def test_scratch_samples_are_scored_as_the_new_classes(source_dir, tmp_path):
+  """A scratch model labels the new classes 0..M-1; the 6-way classifier
+  (source classes first) knows them as 4..5."""
+  config, models = transfer('scratch', source_dir)
+  config.eval.cache_dir = str(tmp_path)
+  data = _data(config)
+  mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
+  scorer = evaluator.make(config, 'transfer', models, data, mesh)
+  assert set(scorer.labels) == {0, 1}
+  assert set(scorer.labels - scorer.label_shift) == {4, 5}
+
+
+def test_compare_runs_methods_on_one_source_and_writes_the_table(tmp_path):
+  config = tiny_config()
+  config.eval.final = True
+  config.eval.cache_dir = str(tmp_path / 'cache')
+  config.eval.classifier_with_source = True
+  config.transfer.eval_every = config.finetune.eval_every = 1
+  text = compare.compare_methods(config, tmp_path,
+                                 ['scratch', 'bsa', 'kp_finetune'])
+  rows = [line.split(' | ')[0].lstrip('| ') for line in text.splitlines()[2:]]
+  assert rows == ['scratch', 'bsa', 'kp_finetune']
+  report = json.loads((tmp_path / 'comparison.json').read_text())
+  by_name = {row['method']: row for row in report['rows']}
+  # kp_finetune ran kp first (2 + 2 iterations) from the same source.
+  assert (tmp_path / 'kp' / 'transfer' / 'summary.json').exists()
+  assert by_name['kp_finetune']['best_step'] <= 4
+  assert by_name['bsa']['trainable_g'] < by_name['scratch']['trainable_g']
+  for run in ('bsa', 'kp', 'kp_finetune'):
+    run_config = json.loads((tmp_path / run / 'config.json').read_text())
+    assert run_config['source_checkpoint'].startswith(
+        str(tmp_path / ('kp' if run == 'kp_finetune' else 'source')))
+  assert (tmp_path / 'comparison.png').exists()
+  assert (tmp_path / 'samples.png').exists()
