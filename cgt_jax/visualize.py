@@ -1,8 +1,9 @@
-"""Sample grids as PNG (what people look at first)."""
+"""Sample grids as PNG (what people look at first), and analysis plots."""
 
 import pathlib
 
 import numpy as np
+from matplotlib import figure as mpl_figure
 from PIL import Image
 
 
@@ -37,3 +38,45 @@ def save_png(picture: np.ndarray, path, scale: int = 1):
                          Image.NEAREST)
   image.save(path)
   return path
+
+
+def similarity_heatmaps(scores: dict,
+                        new_names,
+                        source_names,
+                        sources=None) -> mpl_figure.Figure:
+  """Which source classes each new class borrows from, layer by layer.
+
+  Args:
+    scores: `cgt_jax.analysis.similarity_scores` output, `{layer: {'gamma':
+      [M, N], 'beta': [M, N]}}`.
+    new_names: M row labels. source_names: N column labels.
+    sources: indices of the source classes to show (default all); with an
+      ImageNet source, 1000 columns are unreadable.
+  Returns:
+    A matplotlib Figure (no pyplot state, so it works headless), a row per
+    layer, gamma left and beta right, on one colour scale centred at 0: the
+    scores are signed and unnormalised.
+  """
+  sources = np.arange(
+      len(source_names)) if sources is None else np.asarray(sources)
+  shown = {
+      (layer, which): np.asarray(s[which])[:, sources]
+      for layer, s in scores.items() for which in ('gamma', 'beta')
+  }
+  limit = max(float(np.max(np.abs(v))) for v in shown.values()) or 1.0
+  fig = mpl_figure.Figure(
+      figsize=(2 * (2 + 0.16 * len(sources)),
+               len(scores) * (0.8 + 0.2 * len(new_names))),
+      layout='constrained')
+  axes = fig.subplots(len(scores), 2, squeeze=False)
+  for ax, ((layer, which), values) in zip(axes.flat, shown.items()):
+    image = ax.imshow(
+        values, cmap='RdBu_r', vmin=-limit, vmax=limit, aspect='auto')
+    ax.set_title(f'{layer}: S_{which}', fontsize=9)
+    ax.set_yticks(range(len(new_names)), list(new_names), fontsize=7)
+    ax.set_xticks(
+        range(len(sources)), [str(source_names[i]) for i in sources],
+        rotation=90,
+        fontsize=6)
+  fig.colorbar(image, ax=axes, shrink=0.6, label='similarity score')
+  return fig
