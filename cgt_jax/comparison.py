@@ -94,11 +94,22 @@ def table(curves: list, metric: str) -> str:
   return '\n'.join(lines)
 
 
-def plot(curves: list, metric: str, path: pathlib.Path, stage: str):
-  """Metric vs iteration, a line per run, the best point of each marked."""
+def plot(curves: list, metric: str, path: pathlib.Path, title: str):
+  """Metric vs iteration, a line per run, the best point of each marked.
+
+  The y axis is logarithmic when the values span more than a factor of 5
+  (a collapsed baseline would otherwise flatten every other curve).
+  """
   figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-  for curve in curves:
-    line, = axes.plot(curve.steps, curve.values, marker='.', label=curve.name)
+  markers = 'o^sDvP<>X'
+  for i, curve in enumerate(curves):
+    line, = axes.plot(
+        curve.steps,
+        curve.values,
+        marker=markers[i % len(markers)],
+        markersize=4,
+        linestyle='-' if i % 2 == 0 else '--',  # overlapping curves
+        label=curve.name)
     best = curve.best_index(metric)
     axes.plot(
         curve.steps[best],
@@ -107,11 +118,14 @@ def plot(curves: list, metric: str, path: pathlib.Path, stage: str):
         markersize=14,
         color=line.get_color(),
         linestyle='none')
+  values = [v for curve in curves for v in curve.values]
+  if min(values) > 0 and max(values) > 5 * min(values):
+    axes.set_yscale('log')
   axes.set_xlabel('iteration')
   axes.set_ylabel(metric)
-  axes.set_title(f'{stage}: {metric} (best marked *)')
-  axes.grid(alpha=0.3)
-  axes.legend()
+  axes.set_title(f'{title}: {metric} (best marked *)')
+  axes.grid(alpha=0.3, which='both')
+  axes.legend(fontsize='small')
   figure.tight_layout()
   figure.savefig(path)
   plt.close(figure)

@@ -227,7 +227,8 @@ def compare_methods(config, workdir, names) -> str:
           },
           indent=1))
   if curves:
-    comparison.plot(curves, metric, workdir / 'comparison.png', 'transfer')
+    comparison.plot(curves, metric, workdir / 'comparison.png',
+                    'new classes by method')
   samples_figure(runs, workdir / 'samples.png')
   return text
 
