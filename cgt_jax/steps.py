@@ -72,7 +72,8 @@ def generate_train_mode(setup, g_params, g_state, z, labels):
                                             labels,
                                             train=True,
                                             mutable=G_MUTABLE)
-  return images, dict(new_state)
+  # Collections the forward does not change (source_stats) are kept.
+  return images, {**g_state, **new_state}
 
 
 def discriminate_train_mode(setup, d_params, d_state, images, labels):

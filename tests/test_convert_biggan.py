@@ -11,7 +11,6 @@
 import json
 import pathlib
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -179,12 +178,10 @@ def torch_state_dict(model, *inputs) -> dict:
   """Zero PyTorch-layout tensors for every key `model` maps to (no memory)."""
   state = {}
   abstract = rc.abstract_variables(model, *inputs)
-  for collection, tree in abstract.items():
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      names = tuple(p.key for p in path)
-      shape = keymap.torch_shape(collection, names, leaf.shape)
-      state[keymap.torch_key(collection,
-                             names)] = np.broadcast_to(np.float32(0), shape)
+  for (collection, names), leaf in keymap.flat_leaves(abstract).items():
+    shape = keymap.torch_shape(collection, names, leaf.shape)
+    state[keymap.torch_key(collection,
+                           names)] = np.broadcast_to(np.float32(0), shape)
   return state
 
 

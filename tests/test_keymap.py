@@ -55,11 +55,9 @@ def read_dump(name: str):
 def mapped_shapes(model, *inputs):
   variables = rc.abstract_variables(model, *inputs)
   shapes = {}
-  for collection, tree in variables.items():
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      names = tuple(p.key for p in path)
-      shapes[keymap.torch_key(collection, names)] = keymap.torch_shape(
-          collection, names, leaf.shape)
+  for (collection, names), leaf in keymap.flat_leaves(variables).items():
+    shapes[keymap.torch_key(collection, names)] = keymap.torch_shape(
+        collection, names, leaf.shape)
   return shapes, variables
 
 

@@ -112,6 +112,38 @@ def test_source_labels_reproduce_source_generator_exactly(
 
 @pytest.mark.parametrize('source_name,cgt_name', [('biggan32', 'cgt32'),
                                                   ('biggan128', 'cgt128')])
+def test_training_new_classes_leaves_source_classes_unchanged(
+    source_name, cgt_name):
+  """New-class batches move the running BN statistics (as in the
+  reference), but eval-mode source classes keep the source statistics."""
+  source, extended = rc.load(source_name), rc.load(cgt_name)
+  z, y = source.z, source.y
+  expected = source.generator.apply(source.g_variables, z, y)
+  variables = dict(extended.g_variables)
+  new_labels = extended.generator.num_classes + jnp.arange(z.shape[0]) % 2
+  for _ in range(3):
+    _, state = extended.generator.apply(
+        variables, z * 3.0, new_labels, train=True, mutable=MUTABLE)
+    # Only the statistics: the power iteration also refines the SN vectors
+    # of the shared (frozen) convolutions, which no class owns.
+    variables['batch_stats'] = state['batch_stats']
+  moved = traverse_util.flatten_dict(variables['batch_stats'], sep='/')
+  before = traverse_util.flatten_dict(
+      extended.g_variables['batch_stats'], sep='/')
+  assert all(not np.allclose(moved[k], before[k]) for k in before)
+  actual = extended.generator.apply(variables, z, y)
+  np.testing.assert_array_equal(actual, expected)
+  # New classes are drawn with the moved statistics.
+  with_source_stats = extended.generator.apply(
+      {
+          **variables, 'batch_stats': extended.g_variables['batch_stats']
+      }, z, new_labels)
+  assert not np.allclose(
+      extended.generator.apply(variables, z, new_labels), with_source_stats)
+
+
+@pytest.mark.parametrize('source_name,cgt_name', [('biggan32', 'cgt32'),
+                                                  ('biggan128', 'cgt128')])
 def test_init_from_source_matches_load_previous_knowledge(
     source_name, cgt_name):
   source, extended = rc.load(source_name), rc.load(cgt_name)

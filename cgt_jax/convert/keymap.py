@@ -116,10 +116,17 @@ def to_torch(collection: str, path: tuple, value: np.ndarray) -> np.ndarray:
   return value
 
 
+# Collections with PyTorch counterparts. `source_stats` (frozen source-class
+# BN statistics of an extended generator) has none: see `load_state_dict`.
+TORCH_COLLECTIONS = ('params', 'batch_stats', 'sn')
+
+
 def flat_leaves(variables: Mapping) -> dict:
-  """{(collection, path): leaf} over every collection of `variables`."""
+  """{(collection, path): leaf} over the collections PyTorch also has."""
   out = {}
   for collection, tree in variables.items():
+    if collection not in TORCH_COLLECTIONS:
+      continue
     for path, leaf in traverse_util.flatten_dict(dict(tree)).items():
       out[(collection, path)] = leaf
   return out
@@ -178,7 +185,10 @@ def load_state_dict(state_dict: Mapping[str, np.ndarray],
       e.g. `jax.eval_shape(model.init, ...)`; fixes which keys must exist.
     source: a name for error messages (usually the file name).
   Returns:
-    {'params': ..., 'batch_stats': ..., 'sn': ...} of float32 numpy arrays.
+    {'params': ..., 'batch_stats': ..., 'sn': ...} of float32 numpy arrays,
+    plus `source_stats` if the model has them: a cGANTransfer checkpoint
+    holds only the statistics of the classes it was trained on, so the
+    source classes' ones are taken to be those too (the best estimate).
   Raises:
     StateDictMismatchError naming each missing, unexpected or mis-shaped key
     with both shapes.
@@ -191,7 +201,18 @@ def load_state_dict(state_dict: Mapping[str, np.ndarray],
                                              tuple(leaf.shape)),
                                  functools.partial(from_torch, collection,
                                                    path))
-  return gather(state_dict, expected, source, IGNORED_TORCH_KEYS)
+  variables = gather(state_dict, expected, source, IGNORED_TORCH_KEYS)
+  if 'source_stats' in abstract_variables:
+    variables['source_stats'] = _copy_tree(variables['batch_stats'])
+  return variables
+
+
+def _copy_tree(tree):
+  """A deep copy of a nested dict of numpy arrays."""
+  return {
+      k: _copy_tree(v) if isinstance(v, Mapping) else np.array(v)
+      for k, v in tree.items()
+  }
 
 
 def to_state_dict(variables) -> dict:

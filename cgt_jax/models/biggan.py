@@ -185,8 +185,12 @@ class Generator(nn.Module):
             layers.weight_init(self.weights_init),
             self.dtype,
             name=f'attention_{i}')(h, train)
+    source_samples = None
+    if self.num_new_classes:
+      source_samples = labels < self.num_classes
     h = nn.relu(
-        layers.AffineBatchNorm(dtype=self.dtype, name='output_bn')(h, train))
+        layers.AffineBatchNorm(dtype=self.dtype,
+                               name='output_bn')(h, train, source_samples))
     h = layers.SNConv(
         3,
         3,

@@ -78,7 +78,8 @@ class ClassConditionalBatchNorm(nn.Module):
               onehot, z_chunk, train, used=jnp.any(is_new))
       gain = jnp.where(is_new[:, None], new_gain, gain)
       bias = jnp.where(is_new[:, None], new_bias, bias)
-    out = layers.normalize_batch(self, x, train, self.eps)
+    out = layers.normalize_batch(self, x, train, self.eps,
+                                 ~is_new if self.num_new_classes else None)
     out = out * gain[:, None, None, :] + bias[:, None, None, :]
     return out.astype(self.dtype)
 

@@ -219,7 +219,9 @@ def init_from_source(source_variables: dict, fresh_variables: dict) -> dict:
   copied into the freshly initialised extended generator; the KP layers keep
   their fresh initialisation except the prior and z projection, which
   `propagate_source_knowledge` fills. This is the authors' sequence
-  `load_state_dict(source, strict=False); load_previous_knowledge()`.
+  `load_state_dict(source, strict=False); load_previous_knowledge()`. The
+  source BN statistics are also kept, frozen, as `source_stats` (the
+  source classes' eval-mode statistics; `layers.normalize_batch`).
 
   Raises:
     ValueError naming the variable if a source variable is missing from the
@@ -228,6 +230,10 @@ def init_from_source(source_variables: dict, fresh_variables: dict) -> dict:
   merged = variables.merge(source_variables, fresh_variables,
                            'extended generator')
   merged['params'] = propagate_source_knowledge(merged['params'])
+  if layers.SOURCE_STATS_COLLECTION in fresh_variables:
+    # Copies: sharing buffers with batch_stats would break donation.
+    merged[layers.SOURCE_STATS_COLLECTION] = jax.tree_util.tree_map(
+        lambda x: jnp.array(x, copy=True), merged[layers.STATS_COLLECTION])
   return merged
 
 

@@ -20,6 +20,9 @@ from flax import linen as nn
 
 SN_COLLECTION = 'sn'
 STATS_COLLECTION = 'batch_stats'
+# Running statistics of the source classes, kept frozen in a generator
+# extended by new classes (see `normalize_batch`).
+SOURCE_STATS_COLLECTION = 'source_stats'
 # Momentum of PyTorch's running statistics: running = 0.9 * running + 0.1 * batch.
 BN_MOMENTUM = 0.1
 
@@ -193,8 +196,11 @@ class SNEmbed(nn.Module):
 # ----------------------------------------------------------------------------
 
 
-def normalize_batch(module: nn.Module, x: jax.Array, train: bool,
-                    eps: float) -> jax.Array:
+def normalize_batch(module: nn.Module,
+                    x: jax.Array,
+                    train: bool,
+                    eps: float,
+                    source_samples: Optional[jax.Array] = None) -> jax.Array:
   """`(x - mean) / sqrt(var + eps)` per channel, PyTorch `F.batch_norm` style.
 
   Train mode normalises with the biased batch variance over (N, H, W) and
@@ -202,6 +208,12 @@ def normalize_batch(module: nn.Module, x: jax.Array, train: bool,
   0.1; eval mode uses the running statistics (`batch_stats/mean`, `var`).
   Under `jit` with a batch sharded over devices the mean is global, i.e.
   cross-replica (synchronised) BN.
+
+  `source_samples` (bool `[B]`, a generator extended by new classes): the
+  running statistics follow the classes being trained, as in the reference,
+  but the source classes' statistics are also kept, frozen, in
+  `source_stats/{mean, var}`, and eval mode normalises source samples with
+  them: training new classes would otherwise shift every source class.
   """
   features = x.shape[-1]
   ra_mean = module.variable(STATS_COLLECTION, 'mean', jnp.zeros, (features,),
@@ -220,6 +232,15 @@ def normalize_batch(module: nn.Module, x: jax.Array, train: bool,
                       (n / max(n - 1, 1)))
   else:
     mean, var = ra_mean.value, ra_var.value
+  if source_samples is not None:
+    source_mean = module.variable(SOURCE_STATS_COLLECTION, 'mean', jnp.zeros,
+                                  (features,), jnp.float32).value
+    source_var = module.variable(SOURCE_STATS_COLLECTION, 'var', jnp.ones,
+                                 (features,), jnp.float32).value
+    if not train:
+      pick = source_samples.reshape((-1,) + (1,) * (x.ndim - 1))
+      mean = jnp.where(pick, source_mean, mean)
+      var = jnp.where(pick, source_var, var)
   return (x32 - mean) * jax.lax.rsqrt(var + eps)
 
 
@@ -232,12 +253,12 @@ class AffineBatchNorm(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, source_samples=None):
     features = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (features,))
     bias = self.param('bias', nn.initializers.zeros, (features,))
-    return (normalize_batch(self, x, train, self.eps) * scale + bias).astype(
-        self.dtype)
+    normalized = normalize_batch(self, x, train, self.eps, source_samples)
+    return (normalized * scale + bias).astype(self.dtype)
 
 
 # ----------------------------------------------------------------------------
