@@ -30,6 +30,7 @@ TARGET = ['red_disc', 'green_square']
 def tiny_config(**stage_steps):
   """A 32 px BigGAN with 8 channels on 6 synthetic classes."""
   config = demo.get_config()
+  config.stages = ('pretrain', 'transfer')
   config.model.g_ch = config.model.d_ch = 2
   config.model.dim_z = 16
   config.data.source_classes = tuple(SOURCE)
