@@ -178,7 +178,8 @@ def resolve(config):
 
   Order: the method's switches, then the variant's, then the user's
   `config.method_overrides.<base method>` and `.<variant>` (fields of the
-  transfer stage). A method that trains from scratch skips pretraining.
+  transfer stage). Stages that do not apply to the method are dropped:
+  `pretrain` for scratch, `finetune` for the methods that train all of G.
   Applying `resolve` twice gives the same config.
   """
   name = config.method
@@ -193,6 +194,10 @@ def resolve(config):
   for key in dict.fromkeys((method.name, name)):
     if key in overrides:
       config.transfer.update(overrides[key])
-  if not method.uses_source:
-    config.stages = tuple(s for s in config.stages if s != 'pretrain')
+  # Stages that do not apply: scratch has no source to pretrain, and the
+  # baselines that train every G weight have nothing left to fine-tune.
+  skipped = {'pretrain'} if not method.uses_source else set()
+  if not method.can_finetune:
+    skipped.add('finetune')
+  config.stages = tuple(s for s in config.stages if s not in skipped)
   return config

@@ -104,10 +104,6 @@ def _validate_method(config):
         f'config.method_options.frozen_d_blocks={o.frozen_d_blocks}: the '
         f'{config.model.resolution} px discriminator has {blocks} blocks; '
         f'freeze 0..{blocks} of them')
-  if 'finetune' in config.stages and not method.can_finetune:
-    raise ConfigError(
-        f'method {config.method!r} already trains every generator weight: '
-        "drop 'finetune' from config.stages (fine-tuning follows kp or bsa)")
 
 
 def _dtype(config):
