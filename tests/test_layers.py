@@ -93,3 +93,29 @@ def test_attention_position_must_exist():
   assert layers.attention_positions([8, 16, 32, 64], [64]) == (3,)
   with pytest.raises(ValueError, match=r'attention at resolution\(s\) \[48\]'):
     layers.attention_positions([8, 16, 32, 64], [48])
+
+
+@pytest.mark.parametrize('shape,kernel_size', [((3, 8, 8, 5), 3),
+                                               ((2, 7, 5, 4), 3),
+                                               ((3, 8, 8, 5), 1),
+                                               ((2, 4, 4, 3), 4)])
+def test_conv_gradients_equal_xla_convolution_gradients(shape, kernel_size):
+  """conv2d_same computes its kernel gradient as per-tap matmuls (faster on
+  XLA:CPU); values and the input gradient must be XLA's own."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(
+      jax.random.key(1), (kernel_size, kernel_size, shape[-1], 6))
+
+  def xla_conv(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+  ours = jax.grad(
+      loss(lambda x, k: layers.conv2d_same(x, k, jnp.float32)), (0, 1))(x,
+                                                                        kernel)
+  expected = jax.grad(loss(xla_conv), (0, 1))(x, kernel)
+  for got, want in zip(ours, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(
+      layers.conv2d_same(x, kernel, jnp.float32), xla_conv(x, kernel))
