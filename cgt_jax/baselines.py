@@ -1,8 +1,8 @@
 """How the baselines give a pretrained BigGAN its new classes' parameters.
 
-The literature leaves these starting points open (see
-../shared/reference/baselines.md, sections 2-4); each is a documented
-option in `config.method_options`:
+The literature leaves these starting points open (docs/METHODS.md says
+what each original paper did); each is a documented option in
+`config.method_options`:
 
 * TransferGAN / FreezeD keep a plain BigGAN and append M rows to every
   class-indexed table: the per-layer BN tables (CIFAR form) or the shared

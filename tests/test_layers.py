@@ -121,6 +121,6 @@ def test_conv_gradients_equal_xla_convolution_gradients(shape, kernel_size):
   np.testing.assert_array_equal(conv(x, kernel), xla_conv(x, kernel))
   # Narrow convolutions (the demo's) keep XLA's gradient exactly.
   pays = layers._matmul_kernel_grad_pays  # pylint: disable=protected-access
-  assert not pays((50, 32, 32, 32), (3, 3, 32, 32))
-  assert pays((50, 32, 32, 256), (3, 3, 256, 256))
-  assert pays((50, 32, 32, 3), (3, 3, 3, 256))
+  assert not pays((3, 3, 32, 32))
+  assert pays((3, 3, 256, 256))
+  assert pays((3, 3, 3, 256))

@@ -137,11 +137,11 @@ class SNDense(nn.Module):
 def conv2d_same(x, kernel, dtype):
   """NHWC x HWIO convolution, stride 1, 'same' padding, computed in `dtype`."""
   conv = _conv_same if _matmul_kernel_grad_pays(
-      x.shape, kernel.shape) else _xla_conv_same
+      kernel.shape) else _xla_conv_same
   return conv(x.astype(dtype), kernel.astype(dtype))
 
 
-def _matmul_kernel_grad_pays(x_shape, kernel_shape) -> bool:
+def _matmul_kernel_grad_pays(kernel_shape) -> bool:
   """Whether per-tap matmuls beat XLA's kernel gradient for this conv.
 
   Measured on XLA:CPU (2-core EPYC, docs/PERFORMANCE.md), batch 100: from
@@ -150,7 +150,7 @@ def _matmul_kernel_grad_pays(x_shape, kernel_shape) -> bool:
   ms), except at 8 px (52 vs 41 ms); on narrow convolutions they lose (32
   channels at 32 px, batch 64: 47 ms vs 15 ms).
   """
-  del x_shape  # the channel count decides on the shapes BigGAN uses
+  # The channel count decides on the shapes BigGAN uses.
   _, _, in_channels, out_channels = kernel_shape
   return max(in_channels, out_channels) >= 128
 
