@@ -119,8 +119,17 @@ def test_conv_gradients_equal_xla_convolution_gradients(shape, kernel_size):
   for got, want in zip(ours, expected):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(conv(x, kernel), xla_conv(x, kernel))
-  # Narrow convolutions (the demo's) keep XLA's gradient exactly.
+
+
+def test_matmul_kernel_gradient_only_for_wide_convolutions_on_eigen(
+    monkeypatch):
   pays = layers._matmul_kernel_grad_pays  # pylint: disable=protected-access
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  # Narrow convolutions (the demo's) keep XLA's gradient exactly.
   assert not pays((3, 3, 32, 32))
   assert pays((3, 3, 256, 256))
   assert pays((3, 3, 3, 256))
+  # With YNNPACK convolutions XLA's own kernel gradient is the faster one.
+  monkeypatch.setenv('XLA_FLAGS',
+                     '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise')
+  assert not pays((3, 3, 256, 256))

@@ -25,6 +25,7 @@ from cgt_jax import parallel
 from cgt_jax import stages
 from cgt_jax import state as state_lib
 from cgt_jax import steps
+from cgt_jax import xla_cpu
 from cgt_jax.models import kp_ccbn
 
 FLAGS = flags.FLAGS
@@ -106,6 +107,8 @@ def measure(config, stage, num_steps, num_source=0) -> dict:
           stage,
       'devices':
           f'{jax.device_count()}x {jax.devices()[0].device_kind}',
+      'cpu kernels':
+          _cpu_kernels(),
       'batch':
           f'{setup.batch_size} x {setup.num_d_steps * setup.num_d_accumulations} D chunks',
       'compile_s':
@@ -119,6 +122,12 @@ def measure(config, stage, num_steps, num_source=0) -> dict:
       'gflop_per_s':
           flops / 1e9 / seconds,
   }
+
+
+def _cpu_kernels() -> str:
+  if jax.default_backend() != 'cpu':
+    return '-'
+  return 'YNNPACK' if xla_cpu.library_convolutions() else 'Eigen'
 
 
 def print_table(row: dict):

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cgt_jax import xla_cpu
+
 SN_COLLECTION = 'sn'
 STATS_COLLECTION = 'batch_stats'
 # Running statistics of the source classes, kept frozen in a generator
@@ -144,12 +146,21 @@ def conv2d_same(x, kernel, dtype):
 def _matmul_kernel_grad_pays(kernel_shape) -> bool:
   """Whether per-tap matmuls beat XLA's kernel gradient for this conv.
 
-  Measured on XLA:CPU (2-core EPYC, docs/PERFORMANCE.md), batch 100: from
-  128 channels on they win or tie (256 -> 256 at 32 px: 752 ms vs 2595 ms;
-  at 16 px 178 vs 209 ms; 1x1: 14 vs 98 ms; 3 -> 256 at 32 px: 42 vs 69
-  ms), except at 8 px (52 vs 41 ms); on narrow convolutions they lose (32
-  channels at 32 px, batch 64: 47 ms vs 15 ms).
+  Only on XLA:CPU with its own (Eigen) convolutions: with YNNPACK on (the
+  default cgt_jax sets, `cgt_jax/xla_cpu.py`) XLA's kernel gradient is the
+  faster one, and GPUs and TPUs have their own convolution libraries.
+  Measured with Eigen (2-core EPYC, docs/PERFORMANCE.md), batch 100: from
+  128 channels on the taps win or tie (256 -> 256 at 32 px: 752 ms vs 2595
+  ms; at 16 px 178 vs 209 ms; 1x1: 14 vs 98 ms; 3 -> 256 at 32 px: 42 vs
+  69 ms), except at 8 px (52 vs 41 ms); on narrow convolutions they lose
+  (32 channels at 32 px, batch 64: 47 ms vs 15 ms).
   """
+  if jax.default_backend() != 'cpu' or xla_cpu.library_convolutions():
+    return False
+  return _wide(kernel_shape)
+
+
+def _wide(kernel_shape) -> bool:
   # The channel count decides on the shapes BigGAN uses.
   _, _, in_channels, out_channels = kernel_shape
   return max(in_channels, out_channels) >= 128
