@@ -8,8 +8,9 @@ faster forward and its kernel gradient about 3x faster. `dot` alone makes
 XLA:CPU's reductions (batch-norm statistics, bias gradients) about 15x
 slower (they become strided reduce-windows), so `reduce` goes with it.
 The reference CIFAR transfer iteration drops from 22.4-23.9 s to
-13.7-14.0 s on a 2-core EPYC (docs/PERFORMANCE.md). Results differ from
-Eigen's by float rounding (relative 1e-6).
+13.7-15.1 s on a 2-core EPYC (docs/PERFORMANCE.md). Results differ from
+Eigen's by float rounding (relative 1e-6), which is enough to send a GAN's
+training down a different, equally noisy trajectory.
 
 XLA reads `XLA_FLAGS` once, when its CPU backend starts, so the flag must
 be in the environment before the first JAX computation: importing cgt_jax
@@ -26,7 +27,7 @@ GPU and TPU backends ignore the flag.
 
 import importlib.metadata
 import os
-from typing import MutableMapping
+from typing import MutableMapping, Optional
 
 YNN_FUSION_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 YNN_FUSION_TYPES = 'dot,reduce'
@@ -43,7 +44,7 @@ def _jaxlib_version() -> str:
 
 
 def add_default_flags(environ: MutableMapping[str, str] = os.environ,
-                      jaxlib_version: str = None) -> bool:
+                      jaxlib_version: Optional[str] = None) -> bool:
   """Adds the YNNPACK fusion flag to `XLA_FLAGS`; True if it was added."""
   if environ.get(OPT_OUT_VARIABLE, '1') == '0':
     return False
