@@ -119,7 +119,7 @@ def main():
   except ImportError:
     torch = None
     print('PyTorch not installed: timing JAX only.')
-  kernels = 'YNNPACK' if xla_cpu.library_convolutions() else 'Eigen'
+  kernels = xla_cpu.convolution_kernels()
   print(f'| batch x px | pass | per KP iteration | JAX ({kernels}) ms |'
         ' JAX GFLOP/s | PyTorch ms | PyTorch GFLOP/s | PyTorch / JAX time |')
   print('|---|---|---|---|---|---|---|---|')

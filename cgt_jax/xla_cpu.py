@@ -67,3 +67,12 @@ def library_convolutions(
       types = value.lower().split(',')
       return 'dot' in types or '+dot' in types
   return False
+
+
+def convolution_kernels() -> str:
+  """Which library runs convolutions on this backend, for benchmark tables."""
+  # Imported here: this module must stay importable before JAX starts.
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() != 'cpu':
+    return '-'
+  return 'YNNPACK' if library_convolutions() else 'Eigen'

@@ -82,3 +82,10 @@ def test_importing_cgt_jax_starts_xla_with_the_flag(tmp_path):
     outputs[name] = np.load(path)
   np.testing.assert_allclose(
       outputs['ynn'], outputs['eigen'], rtol=1e-5, atol=1e-5)
+
+
+def test_convolution_kernels_names_the_library_in_xla_flags(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  assert xla_cpu.convolution_kernels() == 'Eigen'
+  monkeypatch.setenv('XLA_FLAGS', f'{xla_cpu.YNN_FUSION_FLAG}=dot,reduce')
+  assert xla_cpu.convolution_kernels() == 'YNNPACK'

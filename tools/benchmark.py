@@ -108,7 +108,7 @@ def measure(config, stage, num_steps, num_source=0) -> dict:
       'devices':
           f'{jax.device_count()}x {jax.devices()[0].device_kind}',
       'cpu kernels':
-          _cpu_kernels(),
+          xla_cpu.convolution_kernels(),
       'batch':
           f'{setup.batch_size} x {setup.num_d_steps * setup.num_d_accumulations} D chunks',
       'compile_s':
@@ -122,12 +122,6 @@ def measure(config, stage, num_steps, num_source=0) -> dict:
       'gflop_per_s':
           flops / 1e9 / seconds,
   }
-
-
-def _cpu_kernels() -> str:
-  if jax.default_backend() != 'cpu':
-    return '-'
-  return 'YNNPACK' if xla_cpu.library_convolutions() else 'Eigen'
 
 
 def print_table(row: dict):
