@@ -155,9 +155,7 @@ def _matmul_kernel_grad_pays(kernel_shape) -> bool:
   69 ms), except at 8 px (52 vs 41 ms); on narrow convolutions they lose
   (32 channels at 32 px, batch 64: 47 ms vs 15 ms).
   """
-  if jax.default_backend() != 'cpu' or xla_cpu.library_convolutions():
-    return False
-  return _wide(kernel_shape)
+  return xla_cpu.convolution_kernels() == 'Eigen' and _wide(kernel_shape)
 
 
 def _wide(kernel_shape) -> bool:
