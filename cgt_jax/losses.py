@@ -7,9 +7,10 @@ from flax import linen as nn
 from cgt_jax.models import kp_ccbn
 
 
-def hinge_discriminator(d_real, d_fake):
-  """mean(relu(1 - D(x))) + mean(relu(1 + D(G(z))))."""
-  return jnp.mean(nn.relu(1.0 - d_real)) + jnp.mean(nn.relu(1.0 + d_fake))
+def hinge_discriminator_terms(d_real, d_fake):
+  """`(mean(relu(1 - D(x))), mean(relu(1 + D(G(z)))))`: the real and fake
+  terms, which the reference reports separately."""
+  return jnp.mean(nn.relu(1.0 - d_real)), jnp.mean(nn.relu(1.0 + d_fake))
 
 
 def hinge_generator(d_fake):

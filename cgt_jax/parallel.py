@@ -13,14 +13,16 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = 'data'
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over all devices (all processes).
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over `devices` (default: all devices of all processes).
 
   The axis is 'Auto' (the compiler propagates shardings from the inputs and
   our constraints), not jax's newer 'Explicit' default.
   """
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def data_sharding(mesh, leading_axes: int = 0) -> NamedSharding:

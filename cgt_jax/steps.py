@@ -13,12 +13,21 @@ One iteration, as in BigGAN-PyTorch / cGANTransfer `train_fns`:
    regularisers (eq. 7), averaged over chunks.
 3. Optional EMA of every generator variable.
 
-The rng of step s is `fold_in(seed key, s)`, so a resumed run repeats an
-uninterrupted one exactly.
+The random inputs of an iteration (every chunk's z and fake labels) are
+drawn first, as one `Draws`, from `fold_in(seed key, s)` at step s, so a
+resumed run repeats an uninterrupted one exactly. A caller may pass its own
+`Draws` instead (tools/replay_iterations.py replays the authors' recorded
+draws through this same step); the step consumes them in order.
+
+Metrics come back per chunk (D terms `[S * A]`, G terms `[G]`, in the order
+the chunks ran) so that a caller can report what it needs: the loop logs
+their means, a replay the last chunk's, as the reference does.
 """
 
 import functools
+from typing import Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -47,6 +56,35 @@ def _unrolled_scan(body, carry, inputs):
   return carry, jax.tree_util.tree_map(lambda *o: jnp.stack(o), *outputs)
 
 
+class Draws(flax.struct.PyTreeNode):
+  """The random inputs of one iteration, consumed in order.
+
+  Attributes:
+    d_z: `[S, A, B, dim_z]` latents of D update s, chunk a.
+    d_labels: `[S, A, B]` global fake labels of those chunks.
+    g_z: `[G, B, dim_z]` latents of G accumulation g.
+    g_labels: `[G, B]` global fake labels of those accumulations.
+  S = num_d_steps, A = num_d_accumulations, G = num_g_accumulations,
+  B = batch_size (the batch axis is the one sharded over devices).
+  """
+  d_z: jax.Array
+  d_labels: jax.Array
+  g_z: jax.Array
+  g_labels: jax.Array
+
+  @staticmethod
+  def shardings(batch_sharding):
+    """A `Draws` of shardings splitting each batch axis like `batch_sharding`
+    splits a batch (None: no sharding)."""
+    if batch_sharding is None:
+      return None
+    mesh, axis = batch_sharding.mesh, batch_sharding.spec[0]
+    split = lambda leading: jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(*([None] * leading), axis))
+    return Draws(
+        d_z=split(2), d_labels=split(2), g_z=split(1), g_labels=split(1))
+
+
 def sample_latents(rng,
                    setup: state_lib.StageSetup,
                    batch_size: int,
@@ -60,6 +98,38 @@ def sample_latents(rng,
     z = jax.lax.with_sharding_constraint(z, sharding)
     labels = jax.lax.with_sharding_constraint(labels, sharding)
   return z, labels
+
+
+def sample_draws(rng, setup: state_lib.StageSetup, sharding=None) -> Draws:
+  """The `Draws` of the iteration whose rng is `rng` (see `step_rng`).
+
+  One key per chunk, split in the order the chunks run: D update s gets
+  `split(split(rng)[0], S)[s]`, its chunk a `split(that, A)[a]`, G
+  accumulation g `split(split(rng)[1], G)[g]`.
+  """
+  d_rng, g_rng = jax.random.split(rng)
+  chunk_keys = [
+      jax.random.split(key, setup.num_d_accumulations)
+      for key in jax.random.split(d_rng, setup.num_d_steps)
+  ]
+  sample = lambda key: sample_latents(key, setup, setup.batch_size, sharding)
+  d_z, d_labels = _stack([[sample(k) for k in keys] for keys in chunk_keys])
+  g_z, g_labels = _stack(
+      [sample(k) for k in jax.random.split(g_rng, setup.num_g_accumulations)])
+  return Draws(d_z=d_z, d_labels=d_labels, g_z=g_z, g_labels=g_labels)
+
+
+def _stack(nested):
+  """Nested lists of `(z, labels)` pairs -> `(z, labels)` stacked alike."""
+  if isinstance(nested, tuple):
+    return nested
+  z, labels = zip(*(_stack(item) for item in nested))
+  return jnp.stack(z), jnp.stack(labels)
+
+
+def step_rng(state):
+  """The rng of the state's current step: `fold_in(seed key, step)`."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
 def generate_train_mode(setup, g_params, g_state, z, labels):
@@ -97,40 +167,50 @@ def _d_chunk_loss(d_params, d_state, setup, fake, fake_labels, real,
   logits, d_state = discriminate_train_mode(setup, d_params, d_state, images,
                                             labels)
   d_fake, d_real = jnp.split(logits, [fake.shape[0]], axis=0)
-  loss = losses.hinge_discriminator(d_real, d_fake)
+  loss_real, loss_fake = losses.hinge_discriminator_terms(d_real, d_fake)
+  loss = loss_real + loss_fake
   return loss, (d_state, {
       'd_loss': loss,
+      'd_loss_real': loss_real,
+      'd_loss_fake': loss_fake,
       'd_real': jnp.mean(d_real),
       'd_fake': jnp.mean(d_fake)
   })
 
 
-def d_update(state, setup, real, real_labels, rng, sharding=None):
-  """One D optimizer step over `real` `[A, B, H, W, 3]` (A chunks)."""
+def d_update(state, setup, real, real_labels, z, fake_labels):
+  """One D optimizer step over A chunks.
+
+  Args:
+    state: the TrainState.
+    setup: the StageSetup.
+    real, real_labels: `[A, B, H, W, 3]` images and `[A, B]` global labels.
+    z, fake_labels: `[A, B, dim_z]` and `[A, B]`, the fakes' draws.
+  Returns:
+    (new state, metrics with a leading chunk axis `[A]`).
+  """
   num_chunks = real.shape[0]
   scale = 1.0 if setup.d_chunk_reduction == 'sum' else 1.0 / num_chunks
   grad_fn = jax.grad(_d_chunk_loss, has_aux=True)
 
   def chunk(carry, inputs):
     grads, g_state, d_state = carry
-    real_chunk, labels_chunk, key = inputs
-    z, fake_labels = sample_latents(key, setup, real_chunk.shape[0], sharding)
-    fake, g_state = generate_train_mode(setup, state.g_params, g_state, z,
-                                        fake_labels)
+    real_chunk, labels_chunk, z_chunk, fake_labels_chunk = inputs
+    fake, g_state = generate_train_mode(setup, state.g_params, g_state, z_chunk,
+                                        fake_labels_chunk)
     chunk_grads, (d_state, metrics) = grad_fn(state.d_params, d_state, setup,
                                               jax.lax.stop_gradient(fake),
-                                              fake_labels, real_chunk,
+                                              fake_labels_chunk, real_chunk,
                                               labels_chunk)
     grads = jax.tree_util.tree_map(lambda a, g: a + scale * g, grads,
                                    chunk_grads)
     return (grads, g_state, d_state), metrics
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, state.d_params)
-  keys = jax.random.split(rng, num_chunks)
   (grads, g_state,
    d_state), metrics = _unrolled_scan(chunk,
                                       (zeros, state.g_state, state.d_state),
-                                      (real, real_labels, keys))
+                                      (real, real_labels, z, fake_labels))
   updates, d_opt_state = setup.d_optimizer.update(grads, state.d_opt_state,
                                                   state.d_params)
   state = state.replace(
@@ -138,12 +218,11 @@ def d_update(state, setup, real, real_labels, rng, sharding=None):
       d_opt_state=d_opt_state,
       g_state=g_state,
       d_state=d_state)
-  return state, jax.tree_util.tree_map(jnp.mean, metrics)
+  return state, metrics
 
 
-def _g_chunk_loss(g_params, g_state, d_state, d_params, setup, rng, sharding):
+def _g_chunk_loss(g_params, g_state, d_state, d_params, setup, z, labels):
   """Generator loss of one chunk (hinge + KP regularisers)."""
-  z, labels = sample_latents(rng, setup, setup.batch_size, sharding)
   fake, g_state = generate_train_mode(setup, g_params, g_state, z, labels)
   d_fake, d_state = discriminate_train_mode(setup, d_params, d_state, fake,
                                             labels)
@@ -152,16 +231,17 @@ def _g_chunk_loss(g_params, g_state, d_state, d_params, setup, rng, sharding):
   return loss, (g_state, d_state, {'g_loss': loss, **terms})
 
 
-def g_update(state, setup, rng, sharding=None):
-  """One G optimizer step over `num_g_accumulations` chunks."""
-  num_chunks = setup.num_g_accumulations
+def g_update(state, setup, z, labels):
+  """One G optimizer step over the G chunks `z` `[G, B, dim_z]`, `labels`
+  `[G, B]` (losses averaged); metrics have a leading chunk axis `[G]`."""
+  num_chunks = z.shape[0]
   grad_fn = jax.grad(_g_chunk_loss, has_aux=True)
 
-  def chunk(carry, key):
+  def chunk(carry, inputs):
     grads, g_state, d_state = carry
     chunk_grads, (g_state, d_state, metrics) = grad_fn(state.g_params, g_state,
                                                        d_state, state.d_params,
-                                                       setup, key, sharding)
+                                                       setup, *inputs)
     grads = jax.tree_util.tree_map(lambda a, g: a + g / num_chunks, grads,
                                    chunk_grads)
     return (grads, g_state, d_state), metrics
@@ -170,7 +250,7 @@ def g_update(state, setup, rng, sharding=None):
   (grads, g_state,
    d_state), metrics = _unrolled_scan(chunk,
                                       (zeros, state.g_state, state.d_state),
-                                      jax.random.split(rng, num_chunks))
+                                      (z, labels))
   updates, g_opt_state = setup.g_optimizer.update(grads, state.g_opt_state,
                                                   state.g_params)
   state = state.replace(
@@ -178,10 +258,10 @@ def g_update(state, setup, rng, sharding=None):
       g_opt_state=g_opt_state,
       g_state=g_state,
       d_state=d_state)
-  return state, jax.tree_util.tree_map(jnp.mean, metrics)
+  return state, metrics
 
 
-def _as_chunks(x, setup):
+def as_chunks(x, setup):
   """`[B * S * A, ...]` -> `[S, A, B, ...]`, keeping B the sharded axis.
 
   Row r of the flat batch goes to sample r // (S * A) of chunk r % (S * A):
@@ -193,7 +273,19 @@ def _as_chunks(x, setup):
   return jnp.moveaxis(x, 0, 2)
 
 
-def train_step(state, batch, setup: state_lib.StageSetup, sharding=None):
+def as_flat_batch(chunks):
+  """Inverse of `as_chunks`: `[S, A, B, ...]` -> `[B * S * A, ...]`, the
+  layout of a training batch (for callers holding chunk-major data)."""
+  chunks = jnp.asarray(chunks)
+  return jnp.moveaxis(chunks, 2, 0).reshape((-1,) + chunks.shape[3:])
+
+
+def train_step(state,
+               batch,
+               draws: Optional[Draws] = None,
+               *,
+               setup: state_lib.StageSetup,
+               sharding=None):
   """One iteration: D updates then a G update (and EMA).
 
   Args:
@@ -201,45 +293,50 @@ def train_step(state, batch, setup: state_lib.StageSetup, sharding=None):
     batch: {'image': [S * A * B, H, W, 3] float in [-1, 1], 'label':
       [S * A * B] global labels}, sharded over devices along the batch;
       S = num_d_steps, A = num_d_accumulations, B = batch_size.
+    draws: the iteration's z and fake labels; None draws them from the
+      state's rng (`sample_draws(step_rng(state), ...)`).
     setup: the static StageSetup.
     sharding: sharding of a `[B, ...]` batch over the data axis (None on a
       single device).
   Returns:
-    (new state, metrics dict of scalars on device).
+    (new state, metrics on device: D terms `[S * A]`, G terms `[G]`, one
+    value per chunk in the order they ran).
   """
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  d_rng, g_rng = jax.random.split(rng)
+  if draws is None:
+    draws = sample_draws(step_rng(state), setup, sharding)
 
   def one_d_step(carry, inputs):
-    real, labels, key = inputs
-    return d_update(carry, setup, real, labels, key, sharding)
+    return d_update(carry, setup, *inputs)
 
-  images, labels = (_as_chunks(batch[k], setup) for k in ('image', 'label'))
-  state, d_metrics = _unrolled_scan(
-      one_d_step, state,
-      (images, labels, jax.random.split(d_rng, setup.num_d_steps)))
-  state, g_metrics = g_update(state, setup, g_rng, sharding)
+  images, labels = (as_chunks(batch[k], setup) for k in ('image', 'label'))
+  state, d_metrics = _unrolled_scan(one_d_step, state,
+                                    (images, labels, draws.d_z, draws.d_labels))
+  state, g_metrics = g_update(state, setup, draws.g_z, draws.g_labels)
   if setup.ema_decay is not None:
     ema = optim.ema_update(state.g_ema, state.g_variables(), setup.ema_decay,
                            state.step, setup.ema_start)
     state = state.replace(g_ema=ema)
-  metrics = {**jax.tree_util.tree_map(jnp.mean, d_metrics), **g_metrics}
-  return state.replace(step=state.step + 1), metrics
+  d_metrics = jax.tree_util.tree_map(lambda m: m.reshape(-1), d_metrics)
+  return state.replace(step=state.step + 1), {**d_metrics, **g_metrics}
 
 
-def make_train_step(setup, mesh=None):
+def make_train_step(setup, mesh=None, with_draws: bool = False):
   """`train_step` jitted over `mesh` (state replicated, batch sharded).
 
-  The state argument is donated: its buffers are reused for the new state.
+  Returns `step(state, batch)`, or with `with_draws` `step(state, batch,
+  draws)`: the same `train_step`, fed the given `Draws` instead of drawing
+  them. The state argument is donated: its buffers are reused for the new
+  state.
   """
   if mesh is None:
     return jax.jit(functools.partial(train_step, setup=setup), donate_argnums=0)
   batch_sharding = parallel.data_sharding(mesh)
-  step = functools.partial(
-      train_step, setup=setup, sharding=parallel.data_sharding(mesh))
+  in_shardings = (parallel.replicated(mesh), batch_sharding)
+  if with_draws:
+    in_shardings += (Draws.shardings(batch_sharding),)
   return jax.jit(
-      step,
-      in_shardings=(parallel.replicated(mesh), batch_sharding),
+      functools.partial(train_step, setup=setup, sharding=batch_sharding),
+      in_shardings=in_shardings,
       out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
       donate_argnums=0)
 

@@ -172,7 +172,7 @@ def _loop(run, state, dataset):
                       'the same command to resume')
   preemption.restore()
   _finish(run, state, sample_grid)
-  return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
+  return state, _host_means(metrics)
 
 
 def _due(every: int, step: int) -> bool:
@@ -213,9 +213,14 @@ def _evaluate(run, state, step):
   return results
 
 
+def _host_means(metrics) -> dict:
+  """The step's per-chunk metrics as floats, averaged over the chunks."""
+  return {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
+
+
 def _checked(metrics, step, run) -> dict:
   """Metrics on the host; stops training on a NaN/inf loss."""
-  scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  scalars = _host_means(metrics)
   bad = sorted(k for k, v in scalars.items() if not np.isfinite(v))
   if bad:
     last = run.checkpoints.latest_step()

@@ -23,14 +23,10 @@ import argparse
 import pathlib
 import sys
 
-import jax
-import numpy as np
-
 from cgt_jax import model_io
 from cgt_jax.convert import biggan_deep_keymap
+from cgt_jax.convert import biggan_pth
 from cgt_jax.convert import infer
-from cgt_jax.convert import keymap
-from cgt_jax.convert import pth_reader
 from cgt_jax.models import biggan_deep
 
 # Flags (dest) -> architecture fields they override, per network.
@@ -149,19 +145,6 @@ def _check_out(out: pathlib.Path):
                      'refusing to replace it: choose another --out')
 
 
-def _read(path: pathlib.Path, fmt: str):
-  """`(state dict, format)` of one checkpoint file."""
-  state = pth_reader.load_state_dict(path)
-  return state, fmt if fmt != 'auto' else infer.detect_format(state, str(path))
-
-
-def _contiguous(variables):
-  """C-ordered copies of transposed kernels: orbax would copy them while
-  writing, all at once; here it is one network at a time."""
-  # (np.ascontiguousarray would turn the 0-d attention gammas into [1].)
-  return jax.tree_util.tree_map(lambda a: np.asarray(a, order='C'), variables)
-
-
 def _save(out, *arch_and_variables):
   model_io.save(out, *arch_and_variables)
 
@@ -169,43 +152,26 @@ def _save(out, *arch_and_variables):
 def convert(args) -> str:
   """Reads, checks and writes; returns a one-line summary."""
   _check_out(args.out)
-  g_state, fmt = _read(args.generator, args.format)
+  g_state, fmt = biggan_pth.read(args.generator, args.format)
   if fmt == infer.BIGGAN_DEEP:
     return _convert_deep(args, g_state)
   source = str(args.generator)
   if args.truncation is not None:
     raise ValueError(f'--truncation applies to BigGAN-deep only; {source} is '
                      f'a {fmt} generator')
-  g_arch = infer.generator_arch(g_state, fmt, source,
-                                _overrides(args, _G_FLAGS))
-  generator = model_io.build_generator(g_arch)
-  g_vars = keymap.load_state_dict(
-      g_state, model_io.abstract_generator_variables(generator), source)
+  generator = biggan_pth.generator_from_state(g_state, fmt, source,
+                                              _overrides(args, _G_FLAGS))
   del g_state  # keep peak memory near one network's worth
-  g_vars = _contiguous(g_vars)
   d_arch = d_vars = None
   if args.discriminator:
-    d_arch, d_vars = _discriminator(args, fmt, g_arch)
-  _save(args.out, model_io.module_arch(generator), g_vars, d_arch, d_vars)
-  return _summary(fmt, generator, d_arch)
-
-
-def _discriminator(args, g_fmt: str, g_arch: dict):
-  """`(arch, variables)` of --discriminator, checked against the G."""
-  source = str(args.discriminator)
-  state, fmt = _read(args.discriminator, args.format)
-  if fmt != g_fmt:
-    raise infer.ArchitectureError(
-        f'{source}: a {fmt} discriminator, but {args.generator} is a '
-        f'{g_fmt} generator')
-  arch = infer.discriminator_arch(state, fmt, source, g_arch,
-                                  _overrides(args, _D_FLAGS))
-  infer.check_pair(g_arch, arch, source)
-  discriminator = model_io.build_discriminator(arch)
-  variables = keymap.load_state_dict(
-      state, model_io.abstract_discriminator_variables(discriminator), source)
-  del state
-  return model_io.module_arch(discriminator), _contiguous(variables)
+    discriminator = biggan_pth.load_discriminator(args.discriminator, generator,
+                                                  args.format,
+                                                  _overrides(args, _D_FLAGS))
+    d_arch = model_io.module_arch(discriminator.module)
+    d_vars = discriminator.variables
+  _save(args.out, model_io.module_arch(generator.module), generator.variables,
+        d_arch, d_vars)
+  return _summary(fmt, generator.module, d_arch)
 
 
 def _convert_deep(args, state) -> str:
@@ -225,7 +191,7 @@ def _convert_deep(args, state) -> str:
       state, biggan_deep.abstract_variables(generator),
       generator.attention_position, source)
   del state
-  variables = _contiguous(variables)
+  variables = biggan_pth.contiguous(variables)
   _save(args.out, biggan_deep.to_arch(generator), variables)
   return (f'BigGAN-deep generator {generator.resolution} px, ch '
           f'{generator.ch}, {generator.num_classes} classes, dim_z '

@@ -215,9 +215,19 @@ def _copy_tree(tree):
   }
 
 
-def to_state_dict(variables) -> dict:
-  """PyTorch-layout state dict (numpy) of Flax variables (no `sv0`)."""
-  return {
+def to_state_dict(variables, aliases: bool = False) -> dict:
+  """PyTorch-layout state dict (numpy) of Flax variables (no `sv0`).
+
+  `aliases=True` also writes cGANTransfer's `<ccbn>.pretrain_embedding_w`,
+  the ImageNet form's per-layer alias of `shared.weight`, so that the result
+  has every key the authors' `state_dict()` has except `sv0`.
+  """
+  state = {
       torch_key(collection, path): to_torch(collection, path, np.asarray(leaf))
       for (collection, path), leaf in flat_leaves(variables).items()
   }
+  if aliases and 'shared.weight' in state:
+    for key in [k for k in state if k.endswith('.prev_knowledge_g.u0')]:
+      layer = key[:-len('.prev_knowledge_g.u0')]
+      state[f'{layer}.pretrain_embedding_w'] = state['shared.weight']
+  return state
