@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import cgt_jax  # noqa: F401  (sets the XLA:CPU kernel flags before JAX starts)
-from cgt_jax import xla_cpu
+from cgt_jax.runtime import xla_cpu
 from cgt_jax.models import layers
 
 CHANNELS = 256

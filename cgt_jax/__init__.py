@@ -1,8 +1,7 @@
-"""cgt_jax: conditional GAN transfer with knowledge propagation, in JAX/Flax."""
+"""cgt_jax: conditional GAN transfer with knowledge propagation, in JAX/Flax.
+
+Importing the package has no side effects: the programs that start from
+it (`cgt_jax.main`, tools/) set up the process (`cgt_jax.runtime.process`).
+"""
 
 __version__ = '0.1.0'
-
-from cgt_jax import xla_cpu as _xla_cpu
-
-# Before any JAX computation starts XLA's CPU backend (see xla_cpu.py).
-_xla_cpu.add_default_flags()

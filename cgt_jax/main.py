@@ -12,7 +12,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from cgt_jax import train
+from cgt_jax.runtime import process
+from cgt_jax.training import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -29,23 +30,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # Our progress lines say what matters; orbax/clu INFO logs would bury them.
-  logging.set_verbosity(logging.WARNING)
-  if FLAGS.distributed:
-    jax.distributed.initialize()
-  print(
-      f'cgt_jax: {jax.device_count()} device(s) '
-      f'({jax.devices()[0].platform}), {jax.process_count()} process(es)',
-      flush=True)
+  process.configure(distributed=FLAGS.distributed)
+  logging.info('cgt_jax: %d device(s) (%s), %d process(es)', jax.device_count(),
+               jax.devices()[0].platform, jax.process_count())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.Preempted as stop:
-    print(str(stop), file=sys.stderr)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except loop.Preempted as stop:
+    logging.warning('%s', stop)
     sys.exit(0)
-  except train.USER_ERRORS as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
-  except ValueError as error:  # bad values caught by model/layer checks
+  except (loop.USER_ERRORS + (ValueError,)) as error:
+    # ValueError: bad values caught by model/layer checks.
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)
 

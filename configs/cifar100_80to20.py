@@ -7,7 +7,7 @@ transfers it to the 20 target classes with knowledge propagation exactly as
 the authors' CIFAR script (batch 50, one D update on the sum of 4 chunks, lr
 2e-4, Adam eps 1e-8, lambda_s = lambda_r = 0.01, BN stage: only KP layers of
 G train). The paper never published its random 80/20 split; ours is fixed
-in cgt_jax/datasets/cifar100.py (seeded draw, listed literally).
+in cgt_jax/data/cifar100.py (seeded draw, listed literally).
 
     python -m cgt_jax.main --config=configs/cifar100_80to20.py --workdir=DIR
     # images per target class (600 = all, 300, 100):
@@ -15,18 +15,27 @@ in cgt_jax/datasets/cifar100.py (seeded draw, listed literally).
         --config.data.target_images_per_class=100 --workdir=DIR
     # skip pretraining with an existing 80-class model directory:
     ... --config.source_checkpoint=OLD_WORKDIR/pretrain/model
+    # 80 -> 10 (Table 1, columns "10/..."): 10 of the 20 target classes
+    # (CIFAR100_TARGET_10), the same 80 source classes, so one pretrained
+    # source model serves both:
+    python -m cgt_jax.main --config=configs/cifar100_80to20.py:10 --workdir=DIR
 
 CIFAR-100 comes from tensorflow-datasets (downloaded and prepared on first
 use; needs TensorFlow and network once; see README).
 """
 
 from cgt_jax import default_config
-from cgt_jax.datasets import cifar100
+from cgt_jax.data import cifar100
 
 NUM_TARGETS = 20
 
 
-def get_config(num_targets: int = NUM_TARGETS):
+def get_config(num_targets: str = str(NUM_TARGETS)):
+  """`num_targets`: '20' (default) or '10' new classes."""
+  if str(num_targets) not in ('10', '20'):
+    raise ValueError(f'configs/cifar100_80to20.py:{num_targets}: use 10 or '
+                     '20 target classes')
+  num_targets = int(num_targets)
   config = default_config.get_config()
   config.stages = ('pretrain', 'transfer')
   source, target = cifar100.cifar100_split(num_targets)

@@ -15,7 +15,7 @@ cores.
 """
 
 from cgt_jax import default_config
-from cgt_jax.datasets import synthetic
+from cgt_jax.data import synthetic
 
 
 def get_config():

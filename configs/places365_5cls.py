@@ -15,22 +15,40 @@ auditorium, ballroom); images are centre-cropped and resized to 128 px and
 500 per class are drawn (seeded). Hyper-parameters: the authors' train.sh
 (batch 256 x 8 accumulations, G lr 1e-4, D lr 4e-4, Adam eps 1e-6,
 lambda_s 0.01, lambda_r 0.1, eval-mode sampling).
+
+`--config=configs/places365_5cls.py:animalface` is the same transfer to the
+20 AnimalFace classes (paper Fig. 7 and the Table 2 ablations; class
+"Natural" excluded, at most 100 images per class), `data.root` then being
+the AnimalFace image folders (one per class).
 """
 
 from cgt_jax import default_config
 
 CLASSES = ('alley', 'arch', 'art_gallery', 'auditorium', 'ballroom')
+# The AnimalFace folder names; if your copy names them differently, the
+# error lists the folders it found: override --config.data.target_classes.
+ANIMALFACE_CLASSES = ('BearHead', 'CatHead', 'ChickenHead', 'CowHead',
+                      'DeerHead', 'DogHead', 'DuckHead', 'EagleHead',
+                      'ElephantHead', 'HumanHead', 'LionHead', 'MonkeyHead',
+                      'MouseHead', 'PandaHead', 'PigeonHead', 'PigHead',
+                      'RabbitHead', 'SheepHead', 'TigerHead', 'WolfHead')
+TARGETS = {'places365': (CLASSES, 500), 'animalface': (ANIMALFACE_CLASSES, 100)}
 
 
-def get_config():
+def get_config(targets: str = 'places365'):
+  """`targets`: 'places365' (default) or 'animalface'."""
+  if targets not in TARGETS:
+    raise ValueError(f'configs/places365_5cls.py:{targets}: use one of '
+                     f'{list(TARGETS)}')
+  classes, per_class = TARGETS[targets]
   config = default_config.get_config()
   config.stages = ('transfer',)
   config.source_checkpoint = ''  # required: the converted ImageNet model
   config.model.resolution = 128
   config.data.name = 'image_folder'
   config.data.root = ''  # required
-  config.data.target_classes = CLASSES
-  config.data.target_images_per_class = 500
+  config.data.target_classes = classes
+  config.data.target_images_per_class = per_class
   t = config.transfer
   t.num_steps = 12000  # ~ what the reference script runs (notes sec. 3.3)
   t.batch_size = 256

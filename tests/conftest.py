@@ -7,6 +7,12 @@ import tempfile
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+# The suite is an entry point too: XLA:CPU's kernels as the programs use
+# them (`cgt_jax.runtime.process.configure` does this and more).
+from cgt_jax.runtime import xla_cpu  # noqa: E402
+
+xla_cpu.add_default_flags()
+
 import jax  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')

@@ -7,11 +7,12 @@ import pytest
 from flax import traverse_util
 from matplotlib import figure as mpl_figure
 
-from cgt_jax import analysis
-from cgt_jax import visualize
+from cgt_jax.analysis import similarity
+from cgt_jax.analysis import visualize
 from cgt_jax.models import biggan
-from cgt_jax.models import kp_ccbn
+from cgt_jax.models import kp
 from cgt_jax.models import layers
+from cgt_jax.transfer import surgery
 from tests import reference_cases as rc
 
 N, M = 5, 3  # source and new classes
@@ -24,19 +25,19 @@ FORMS = {
 }
 
 
-def make_generator(form: str, num_new: int = M, **kp):
+def make_generator(form: str, num_new: int = M, **options):
   return biggan.Generator(
       resolution=32,
       num_classes=N,
       num_new_classes=num_new,
       ch=2,
-      kp_options=kp_ccbn.KPOptions(**kp),
+      new_classes=kp.KPOptions(**options),
       **FORMS[form])
 
 
-def random_model(form: str, **kp):
+def random_model(form: str, **options):
   """A generator with random (untrained-looking) variables everywhere."""
-  generator = make_generator(form, **kp)
+  generator = make_generator(form, **options)
   z = jnp.zeros((2, generator.dim_z))
   abstract = rc.abstract_variables(generator, z, jnp.array([0, N]))
   return generator, rc.random_variables(abstract, seed=1)
@@ -50,11 +51,11 @@ def random_source(form: str):
       rc.abstract_variables(source, z, jnp.array([0, 1])), seed=2)
 
 
-def freshly_transferred(form: str, **kp):
-  """A random source BigGAN extended by `kp_ccbn.init_from_source`."""
+def freshly_transferred(form: str, **options):
+  """A random source BigGAN extended by `surgery.init_from_source`."""
   _, source_vars = random_source(form)
-  generator, fresh = random_model(form, **kp)
-  return generator, kp_ccbn.init_from_source(source_vars, fresh)
+  generator, fresh = random_model(form, **options)
+  return generator, surgery.init_from_source(source_vars, fresh)
 
 
 def latents(generator, count: int = 4):
@@ -68,7 +69,7 @@ def kp_params(variables, layer: str) -> dict:
 
 def test_scores_are_a_onehot_plus_bias_without_spectral_norm():
   generator, variables = random_model('cifar')
-  scores = analysis.similarity_scores(generator, variables)
+  scores = similarity.similarity_scores(generator, variables)
   assert list(scores) == LAYERS
   for layer in LAYERS:
     for which in ('gamma', 'beta'):
@@ -81,7 +82,7 @@ def test_scores_are_a_onehot_plus_bias_without_spectral_norm():
 
 def test_scores_carry_the_spectral_norm_of_the_imagenet_form():
   generator, variables = random_model('imagenet')
-  scores = analysis.similarity_scores(generator, variables)
+  scores = similarity.similarity_scores(generator, variables)
   assert list(scores) == LAYERS
   for layer in LAYERS:
     block, bn = layer.split('/')
@@ -89,7 +90,7 @@ def test_scores_carry_the_spectral_norm_of_the_imagenet_form():
       dense = kp_params(variables, layer)[f'similarity_{which}']
       u = variables['sn'][block][bn]['kp'][f'similarity_{which}']['u']
       sigma, _ = layers.power_iteration(
-          jnp.asarray(dense['kernel']).T, u, kp_ccbn.KP_DEFAULT_SN_EPS)
+          jnp.asarray(dense['kernel']).T, u, kp.KP_DEFAULT_SN_EPS)
       assert abs(float(sigma) - 1) > 0.1  # so SN visibly matters here
       expected = dense['kernel'] / sigma + dense['bias']
       np.testing.assert_allclose(
@@ -98,8 +99,8 @@ def test_scores_carry_the_spectral_norm_of_the_imagenet_form():
 
 def test_shared_similarity_is_one_shared_layer():
   generator, variables = random_model('cifar', shared_similarity=True)
-  scores = analysis.similarity_scores(generator, variables)
-  assert list(scores) == [analysis.SHARED_LAYER]
+  scores = similarity.similarity_scores(generator, variables)
+  assert list(scores) == [similarity.SHARED_LAYER]
   for which in ('gamma', 'beta'):
     dense = variables['params'][f'kp_similarity_{which}']
     np.testing.assert_allclose(
@@ -118,23 +119,23 @@ def test_strongest_sources_rank_the_mean_score():
       },
   }
   np.testing.assert_array_equal(
-      analysis.strongest_sources(scores, 2), [[0, 1], [0, 1]])
+      similarity.strongest_sources(scores, 2), [[0, 1], [0, 1]])
   # Relative to the mean over new classes: source 2 sets class 0 apart.
   np.testing.assert_array_equal(
-      analysis.strongest_sources(scores, 2, relative=True), [[2, 0], [1, 0]])
+      similarity.strongest_sources(scores, 2, relative=True), [[2, 0], [1, 0]])
 
 
-@pytest.mark.parametrize('kp', [{}, {'shared_similarity': True}])
-def test_untrained_pseudo_class_is_the_source_class_cifar(kp):
-  generator, variables = freshly_transferred('cifar', **kp)
+@pytest.mark.parametrize('options', [{}, {'shared_similarity': True}])
+def test_untrained_pseudo_class_is_the_source_class_cifar(options):
+  generator, variables = freshly_transferred('cifar', **options)
   z = latents(generator)
   classes = [0, 4, 2]
-  pseudo = analysis.pseudo_class_images(generator, variables, classes, z)
-  source = analysis.class_images(generator, variables, classes, z)
+  pseudo = similarity.pseudo_class_images(generator, variables, classes, z)
+  source = similarity.class_images(generator, variables, classes, z)
   assert pseudo.shape == (3, 4, 32, 32, 3)
   np.testing.assert_allclose(pseudo, source, rtol=0, atol=1e-6)
   # The new class itself (with its random similarity) is something else.
-  new = analysis.class_images(generator, variables, [N], z)
+  new = similarity.class_images(generator, variables, [N], z)
   assert np.max(np.abs(new[0] - source[0])) > 1e-3
 
 
@@ -147,8 +148,9 @@ def test_pseudo_class_scores_are_exactly_one_hot(form):
   sn = {k: v * ('similarity' not in k) for k, v in sn.items()}
   variables = {**variables, 'sn': traverse_util.unflatten_dict(sn, sep='/')}
   for source_class, new_class in ((3, 0), (0, 2)):
-    picked = analysis.pseudo_class_variables(variables, source_class, new_class)
-    scores = analysis.similarity_scores(generator, picked)
+    picked = similarity.pseudo_class_variables(variables, source_class,
+                                               new_class)
+    scores = similarity.similarity_scores(generator, picked)
     for layer in LAYERS:
       for which in ('gamma', 'beta'):
         np.testing.assert_array_equal(scores[layer][which][new_class],
@@ -161,7 +163,7 @@ def test_pseudo_class_is_prior_row_k_alone(form):
   the similarity, residuals and shared offsets of the model do not."""
   generator, variables = freshly_transferred(form)
   z, k = latents(generator), 3
-  expected = analysis.pseudo_class_images(generator, variables, [k], z)
+  expected = similarity.pseudo_class_images(generator, variables, [k], z)
   assert np.all(np.isfinite(expected))
 
   def changed(pattern, row=None):
@@ -174,7 +176,7 @@ def test_pseudo_class_is_prior_row_k_alone(form):
         value[row] += 0.5
       flat[key] = value
     moved = dict(variables, params=traverse_util.unflatten_dict(flat, sep='/'))
-    images = analysis.pseudo_class_images(generator, moved, [k], z)
+    images = similarity.pseudo_class_images(generator, moved, [k], z)
     return np.max(np.abs(images - expected))
 
   assert changed('/kp/similarity_') == 0
@@ -188,28 +190,28 @@ def test_pseudo_class_is_prior_row_k_alone(form):
 def test_pseudo_class_variables_leave_the_input_alone():
   generator, variables = freshly_transferred('imagenet')
   before = jax.tree_util.tree_map(np.array, variables)
-  analysis.pseudo_class_variables(variables, 1)
+  similarity.pseudo_class_variables(variables, 1)
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, before)
 
 
 def test_pseudo_class_rejects_out_of_range_classes():
   _, variables = freshly_transferred('cifar')
   with pytest.raises(ValueError, match=r'source_class=5 is out of range'):
-    analysis.pseudo_class_variables(variables, N)
+    similarity.pseudo_class_variables(variables, N)
   with pytest.raises(ValueError, match=r'new_class=3 is out of range'):
-    analysis.pseudo_class_variables(variables, 0, new_class=M)
+    similarity.pseudo_class_variables(variables, 0, new_class=M)
 
 
 def test_analysis_needs_a_transferred_generator():
   generator = make_generator('cifar', num_new=0)
   with pytest.raises(ValueError, match='no new classes'):
-    analysis.similarity_scores(generator, {})
+    similarity.similarity_scores(generator, {})
 
 
 def test_pseudo_class_grid_pairs_source_and_pseudo_rows():
   generator, variables = freshly_transferred('cifar')
   source_model = random_source('cifar')
-  picture = analysis.pseudo_class_grid(
+  picture = similarity.pseudo_class_grid(
       generator, variables, [1, 2], num_samples=3, source_model=source_model)
   pad = 2
   # 2 rows (classes) x 6 columns (3 source + 3 pseudo images) of 32 px.
@@ -224,7 +226,7 @@ def test_pseudo_class_grid_pairs_source_and_pseudo_rows():
 
 def test_heatmaps_show_every_layer_with_class_names(tmp_path):
   generator, variables = random_model('cifar')
-  scores = analysis.similarity_scores(generator, variables)
+  scores = similarity.similarity_scores(generator, variables)
   new_names = ['red_disc', 'green_square', 'blue_ring']
   source_names = [f'source_{i}' for i in range(N)]
   fig = visualize.similarity_heatmaps(

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cgt_jax import model_io
+from cgt_jax.models import model_io
 from cgt_jax.convert import biggan_deep_keymap
 from cgt_jax.models import biggan_deep
 from tests import reference_cases as rc

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cgt_jax import comparison
-from cgt_jax import evaluate
+from cgt_jax.evaluation import comparison
+from cgt_jax.evaluation import saved_stage
 from tests import reference_cases as rc
 
 
@@ -130,7 +130,7 @@ def test_missing_metric(compare, runs, tmp_path, capsys):
 
 
 def test_evaluate_missing_workdir(tmp_path, capsys):
-  assert evaluate.main(['--workdir', str(tmp_path / 'nope')]) == 2
+  assert saved_stage.main(['--workdir', str(tmp_path / 'nope')]) == 2
   err = capsys.readouterr().err
   assert err.startswith('error: no such workdir')
 
@@ -139,9 +139,10 @@ def test_evaluate_no_finished_stage(tmp_path, capsys):
   # An interrupted stage: checkpoints but no summary.json or model.
   (tmp_path / 'transfer' / 'checkpoints').mkdir(parents=True)
   (tmp_path / 'config.json').write_text('{}')
-  assert evaluate.main(['--workdir', str(tmp_path)]) == 2
+  assert saved_stage.main(['--workdir', str(tmp_path)]) == 2
   assert 'has no finished stage' in capsys.readouterr().err
-  assert evaluate.main(['--workdir', str(tmp_path), '--stage', 'pretrain']) == 2
+  assert saved_stage.main(['--workdir',
+                           str(tmp_path), '--stage', 'pretrain']) == 2
   assert "stage 'pretrain'" in capsys.readouterr().err
 
 
@@ -150,6 +151,6 @@ def test_evaluate_missing_config(tmp_path, capsys):
   (stage_dir / 'model').mkdir(parents=True)
   (stage_dir / 'model' / 'architecture.json').write_text('{}')
   (stage_dir / 'summary.json').write_text('{}')
-  assert evaluate.main(['--workdir', str(tmp_path)]) == 2
+  assert saved_stage.main(['--workdir', str(tmp_path)]) == 2
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'config.json is missing' in err

@@ -15,13 +15,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cgt_jax import model_io
+from cgt_jax.models import model_io
 from cgt_jax.convert import infer
 from cgt_jax.convert import keymap
 from cgt_jax.convert import pth_reader
 from cgt_jax.models import biggan
 from cgt_jax.models import biggan_deep
-from cgt_jax.models import kp_ccbn
+from cgt_jax.models import kp
 from tests import reference_cases as rc
 
 TOLERANCE = 1e-4
@@ -227,7 +227,7 @@ ROUND_TRIPS = {
         ch=4,
         num_classes=5,
         num_new_classes=3,
-        kp_options=kp_ccbn.KPOptions(use_residuals=False)),
+        new_classes=kp.KPOptions(use_residuals=False)),
                                  dict(
                                      resolution=32,
                                      ch=4,

@@ -5,10 +5,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cgt_jax import datasets
-from cgt_jax.datasets import cifar100
-from cgt_jax.datasets import image_folder
-from cgt_jax.datasets import synthetic
+from cgt_jax.data import datasets
+from cgt_jax.data import cifar100
+from cgt_jax.data import image_folder
+from cgt_jax.data import synthetic
 
 # ----------------------------------------------------------------- helpers
 
@@ -85,11 +85,27 @@ def test_select_unknown_classes_lists_them_and_some_available():
 
 def test_class_dataset_rejects_labels_past_the_class_names():
   data = toy_dataset()
-  with pytest.raises(datasets.DatasetError, match='3 class names'):
+  with pytest.raises(
+      datasets.DatasetError,
+      match=r'labels span 1\.\.3 but the 3 classes are labelled 0\.\.2'):
     datasets.ClassDataset(data.images, data.labels + 1, data.class_names)
+  with pytest.raises(datasets.DatasetError, match=r'labelled 10\.\.12'):
+    datasets.ClassDataset(data.images, data.labels + 9, data.class_names, 10)
   with pytest.raises(datasets.DatasetError, match='int32'):
     datasets.ClassDataset(data.images, data.labels.astype(np.int64),
                           data.class_names)
+
+
+def test_relabelled_dataset_keeps_images_and_class_order():
+  data = toy_dataset()
+  moved = data.relabelled(48)
+  np.testing.assert_array_equal(moved.labels, data.labels + 48)
+  assert moved.label_range == (48, 51)
+  np.testing.assert_array_equal(moved.counts(), data.counts())
+  np.testing.assert_array_equal(moved.class_indices([50, 48]), [2, 0])
+  # Subsampling keeps the labels (the class of every kept image).
+  kept = datasets.subsample_per_class(moved, 2, seed=0)
+  assert kept.first_label == 48 and set(kept.labels.tolist()) == {48, 49, 50}
 
 
 # --------------------------------------------------------------- synthetic

@@ -6,8 +6,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cgt_jax import datasets
-from cgt_jax import input_pipeline
+from cgt_jax.data import datasets
+from cgt_jax.data import pipeline
 
 
 def indexed_dataset(n, num_classes=4):
@@ -27,40 +27,32 @@ def data_sharding():
 
 
 def test_check_global_batch():
-  input_pipeline.check_global_batch(256, 8)
-  input_pipeline.check_global_batch(8, 8)
+  pipeline.check_global_batch(256, 8)
+  pipeline.check_global_batch(8, 8)
   with pytest.raises(
       ValueError, match=r'batch_size 50 .* 8 devices: use 48 '
       r'or 56'):
-    input_pipeline.check_global_batch(50, 8)
+    pipeline.check_global_batch(50, 8)
   with pytest.raises(ValueError, match='use 8 '):
-    input_pipeline.check_global_batch(4, 8)
+    pipeline.check_global_batch(4, 8)
   with pytest.raises(ValueError, match='positive'):
-    input_pipeline.check_global_batch(0, 8)
-
-
-def test_validate_labels():
-  input_pipeline.validate_labels(np.array([0, 3, 99]), 100)
-  with pytest.raises(ValueError, match=r'2 labels outside 0..99.*\[-1, 100\]'):
-    input_pipeline.validate_labels(np.array([5, -1, 100]), 100)
-  with pytest.raises(ValueError, match='integers'):
-    input_pipeline.validate_labels(np.array([0.0, 1.0]), 100)
+    pipeline.check_global_batch(0, 8)
 
 
 def test_batches_are_pure_functions_of_seed_and_step():
   data = indexed_dataset(30)
-  first = input_pipeline.BatchSampler(data, 8, seed=3)
+  first = pipeline.BatchSampler(data, 8, seed=3)
   for step in (5, 0, 11, 5):  # any order, any repeat
-    second = input_pipeline.BatchSampler(data, 8, seed=3)
+    second = pipeline.BatchSampler(data, 8, seed=3)
     np.testing.assert_array_equal(first.batch(step)[0], second.batch(step)[0])
     np.testing.assert_array_equal(first.indices(step), second.indices(step))
-  other = input_pipeline.BatchSampler(data, 8, seed=4)
+  other = pipeline.BatchSampler(data, 8, seed=4)
   assert not np.array_equal(first.indices(0), other.indices(0))
 
 
 def test_each_epoch_is_the_documented_permutation():
   # 30 images, batch 8: 15 steps are 4 epochs, and batches straddle epochs.
-  sampler = input_pipeline.BatchSampler(indexed_dataset(30), 8, seed=7)
+  sampler = pipeline.BatchSampler(indexed_dataset(30), 8, seed=7)
   stream = np.concatenate([sampler.indices(s) for s in range(15)])
   for epoch in range(4):
     chunk = stream[30 * epoch:30 * (epoch + 1)]
@@ -72,7 +64,7 @@ def test_each_epoch_is_the_documented_permutation():
 
 
 def test_batch_larger_than_the_dataset():
-  sampler = input_pipeline.BatchSampler(indexed_dataset(5), 12, seed=0)
+  sampler = pipeline.BatchSampler(indexed_dataset(5), 12, seed=0)
   stream = np.concatenate([sampler.indices(s) for s in range(5)])  # 12 epochs
   counts = np.stack(
       [np.bincount(c, minlength=5) for c in stream.reshape(12, 5)])
@@ -81,7 +73,7 @@ def test_batch_larger_than_the_dataset():
 
 def test_batch_rows_match_the_indices():
   data = indexed_dataset(300)
-  sampler = input_pipeline.BatchSampler(data, 16, seed=1)
+  sampler = pipeline.BatchSampler(data, 16, seed=1)
   images, labels = sampler.batch(40)
   indices = sampler.indices(40)
   assert images.shape == (16, 4, 4, 3) and images.dtype == np.uint8
@@ -91,7 +83,7 @@ def test_batch_rows_match_the_indices():
 
 
 def test_process_batch_is_this_hosts_rows(monkeypatch):
-  sampler = input_pipeline.BatchSampler(indexed_dataset(50), 16, seed=2)
+  sampler = pipeline.BatchSampler(indexed_dataset(50), 16, seed=2)
   np.testing.assert_array_equal(
       sampler.process_batch(3)[0],
       sampler.batch(3)[0])
@@ -107,9 +99,8 @@ def test_process_batch_is_this_hosts_rows(monkeypatch):
 
 def test_to_device_shards_and_scales_exactly(data_sharding):
   images = np.arange(256, dtype=np.uint8).reshape(16, 4, 4, 1).repeat(3, -1)
-  labels = np.arange(16, dtype=np.int32) % 5
-  batch = input_pipeline.to_device(
-      images, labels, data_sharding, label_offset=80)
+  labels = 80 + np.arange(16, dtype=np.int32) % 5  # global labels as given
+  batch = pipeline.to_device(images, labels, data_sharding)
   for key in ('image', 'label'):
     assert batch[key].sharding == data_sharding
     assert {s.data.shape[0] for s in batch[key].addressable_shards} == {2}
@@ -121,24 +112,11 @@ def test_to_device_shards_and_scales_exactly(data_sharding):
       image,
       images.astype(np.float32) / np.float32(127.5) - 1)
   assert image.min() == -1.0 and image.max() == 1.0
-  np.testing.assert_array_equal(np.asarray(batch['label']), labels + 80)
+  np.testing.assert_array_equal(np.asarray(batch['label']), labels)
 
 
 def test_to_device_rejects_float_images(data_sharding):
   with pytest.raises(ValueError, match='uint8'):
-    input_pipeline.to_device(
+    pipeline.to_device(
         np.zeros((8, 2, 2, 3), np.float32), np.zeros(8, np.int32),
         data_sharding)
-
-
-def test_prefetching_changes_no_values():
-  sampler = input_pipeline.BatchSampler(indexed_dataset(40), 8, seed=5)
-  seen = list(input_pipeline.prefetched_batches(sampler, 7, num_steps=4))
-  assert [step for step, _, _ in seen] == [7, 8, 9, 10]
-  for step, images, labels in seen:
-    expected_images, expected_labels = sampler.process_batch(step)
-    np.testing.assert_array_equal(images, expected_images)
-    np.testing.assert_array_equal(labels, expected_labels)
-  endless = input_pipeline.prefetched_batches(sampler, 0)
-  assert [next(endless)[0] for _ in range(3)] == [0, 1, 2]
-  endless.close()

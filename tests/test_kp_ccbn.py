@@ -7,7 +7,8 @@ import pytest
 from flax import traverse_util
 
 from cgt_jax.models import biggan
-from cgt_jax.models import kp_ccbn
+from cgt_jax.models import kp
+from cgt_jax.transfer import surgery
 from tests import reference_cases as rc
 
 MUTABLE = ['batch_stats', 'sn']
@@ -17,7 +18,7 @@ def kp_count(**kwargs):
   g = biggan.Generator(**kwargs)
   z = jnp.zeros((2, g.dim_z))
   variables = rc.abstract_variables(g, z, jnp.zeros((2,), jnp.int32))
-  return kp_ccbn.count_kp_parameters(variables['params'])
+  return kp.count_parameters(variables['params'])
 
 
 @pytest.mark.parametrize('form', ['cifar', 'imagenet'])
@@ -76,9 +77,9 @@ def test_onehot_similarity_reproduces_source_class_cifar():
     # And the propagated parameters themselves equal class k's.
     bn = params['block_1']['bn2']
     onehot = jax.nn.one_hot(jnp.array([new_class]), g.num_new_classes)
-    gain, bias = kp_ccbn.KnowledgePropagation(
+    gain, bias = kp.KnowledgePropagation(
         features=64, num_source_classes=n,
-        spectral=False).apply({'params': bn['kp']}, onehot)
+        variant=kp.CIFAR).apply({'params': bn['kp']}, onehot)
     np.testing.assert_allclose(
         gain[0], 1 + bn['gain']['embedding'][source_class], atol=1e-6)
     np.testing.assert_allclose(
@@ -156,7 +157,7 @@ def test_init_from_source_matches_load_previous_knowledge(
   for key in rebuilt:
     flat[key] = np.full_like(flat[key], 7.0)
   fresh['params'] = traverse_util.unflatten_dict(flat, sep='/')
-  built = kp_ccbn.init_from_source(source.g_variables, fresh)
+  built = surgery.init_from_source(source.g_variables, fresh)
   expected = traverse_util.flatten_dict(extended.g_variables['params'], sep='/')
   got = traverse_util.flatten_dict(built['params'], sep='/')
   # CIFAR: 6 layers x 2 priors; ImageNet: 10 layers x (2 priors + 2 z).
@@ -176,7 +177,7 @@ def test_init_from_source_rejects_mismatched_architecture():
       match=r'source variable \w+/block_0/\S+ has '
       r'shape \(.*64,?\) but the new extended generator expects '
       r'\(.*32,?\)'):
-    kp_ccbn.init_from_source(source.g_variables, fresh)
+    surgery.init_from_source(source.g_variables, fresh)
 
 
 def test_out_of_range_labels_are_rejected():
@@ -201,13 +202,13 @@ def test_eval_mode_writes_no_state():
     np.testing.assert_array_equal(value, original[path])
 
 
-def ablation_generator(**kp):
+def ablation_generator(**options):
   return biggan.Generator(
       resolution=32,
       num_classes=10,
       num_new_classes=4,
       ch=16,
-      kp_options=kp_ccbn.KPOptions(**kp))
+      new_classes=kp.KPOptions(**options))
 
 
 def test_ablation_without_residuals_has_no_residuals():
@@ -216,11 +217,11 @@ def test_ablation_without_residuals_has_no_residuals():
   variables = rc.random_variables(rc.abstract_variables(g, case.z, case.y))
   paths = traverse_util.flatten_dict(variables['params'], sep='/')
   assert not [p for p in paths if 'residual' in p]
-  assert kp_ccbn.kp_regularizers(variables['params'])[1] == 0
+  assert kp.regularizers(variables['params'])[1] == 0
   with_res = rc.abstract_variables(ablation_generator(), case.z, case.y)
   # Exactly the residual scalars are gone: 6 layers x 2 x (M x C).
-  assert (kp_ccbn.count_kp_parameters(with_res['params']) -
-          kp_ccbn.count_kp_parameters(variables['params'])) == 6 * 2 * 4 * 64
+  assert (kp.count_parameters(with_res['params']) -
+          kp.count_parameters(variables['params'])) == 6 * 2 * 4 * 64
 
 
 def test_shared_similarity_is_one_pair_for_all_layers():
@@ -244,7 +245,7 @@ def test_shared_similarity_is_one_pair_for_all_layers():
   np.testing.assert_array_equal(
       g.apply(moved, case.z, source_label),
       g.apply(variables, case.z, source_label))
-  l1_shared = kp_ccbn.kp_regularizers(variables['params'])[0]
+  l1_shared = kp.regularizers(variables['params'])[0]
   expected = sum(
       np.mean(np.abs(variables['params'][f'kp_similarity_{w}'][p]))
       for w in ('gamma', 'beta')

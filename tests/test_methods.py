@@ -11,21 +11,24 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cgt_jax import baselines
-from cgt_jax import evaluator
-from cgt_jax import input_pipeline
-from cgt_jax import methods
-from cgt_jax import model_io
-from cgt_jax import stages
-from cgt_jax import state as state_lib
-from cgt_jax import steps
+from cgt_jax.data import pipeline
+from cgt_jax.evaluation import evaluator
 from cgt_jax.experiments import compare
 from cgt_jax.models import biggan
-from cgt_jax.models import kp_ccbn
+from cgt_jax.models import bsa
+from cgt_jax.models import kp
 from cgt_jax.models import layers
+from cgt_jax.models import model_io
+from cgt_jax.training import losses
+from cgt_jax.training import state as state_lib
+from cgt_jax.training import steps
+from cgt_jax.transfer import methods
+from cgt_jax.transfer import stages
+from cgt_jax.transfer import surgery
 from tests import reference_cases as rc
-from tests.test_train import _data
+from tests.test_train import save_models
 from tests.test_train import tiny_config
+from tests.test_train import transfer_spec
 
 NUM_SOURCE, NUM_NEW = 4, 2
 # The tiny 32 px generator: 3 blocks, 2 conditional BN layers each.
@@ -38,8 +41,8 @@ RESIDUAL = ('residual_gamma/kernel', 'residual_beta/kernel')
 EVERYTHING = 'every parameter'
 
 
-def per_layer(*names):
-  return {f'{bn}/kp/{name}' for bn in BN_LAYERS for name in names}
+def per_layer(*names, module='kp'):
+  return {f'{bn}/{module}/{name}' for bn in BN_LAYERS for name in names}
 
 
 # What trains in G during the transfer stage, written out by hand.
@@ -47,7 +50,7 @@ EXPECTED_G = {
     'scratch': EVERYTHING,
     'transfergan': EVERYTHING,
     'freezed': EVERYTHING,
-    'bsa': per_layer(*RESIDUAL),
+    'bsa': per_layer(*RESIDUAL, module='bsa'),
     'kp': per_layer(*SIMILARITY, *PRIOR, *RESIDUAL),
     'kp_frozen_prior_no_res': per_layer(*SIMILARITY),
     'kp_frozen_prior': per_layer(*SIMILARITY, *RESIDUAL),
@@ -57,14 +60,16 @@ EXPECTED_G = {
     'kp_no_l1': per_layer(*SIMILARITY, *PRIOR, *RESIDUAL),
     'kp_no_l2': per_layer(*SIMILARITY, *PRIOR, *RESIDUAL),
 }
-# (lambda_s, lambda_r) of the paper's eq. 7 in each method's transfer stage.
-EXPECTED_REGULARISERS = {
-    'kp': (0.01, 0.01),
-    'kp_no_reg': (0.0, 0.0),
-    'kp_no_l1': (0.0, 0.01),
-    'kp_no_l2': (0.01, 0.0),
-    'bsa': (0.0, 0.0),
-    'transfergan': (0.0, 0.0),
+# Each method's transfer-stage losses: the KP variants add eq. 7's terms
+# with (lambda_s, lambda_r); the baselines have no regulariser at all.
+EXPECTED_LOSSES = {
+    'kp': losses.KnowledgePropagationHinge(0.01, 0.01),
+    'kp_no_reg': losses.KnowledgePropagationHinge(0.0, 0.0),
+    'kp_no_l1': losses.KnowledgePropagationHinge(0.0, 0.01),
+    'kp_no_l2': losses.KnowledgePropagationHinge(0.01, 0.0),
+    'bsa': losses.Hinge(),
+    'transfergan': losses.Hinge(),
+    'scratch': losses.Hinge(),
 }
 FREEZED_FROZEN_D = ('block_0/', 'block_1/')  # method_options.frozen_d_blocks=2
 
@@ -72,31 +77,22 @@ FREEZED_FROZEN_D = ('block_0/', 'block_1/')  # method_options.frozen_d_blocks=2
 @pytest.fixture(scope='module')
 def source_dir(tmp_path_factory):
   """A saved random 4-class source model (G and D)."""
-  config = tiny_config()
-  models = stages.initial_models('pretrain', config, _data(config), None)
-  return model_io.save(
-      tmp_path_factory.mktemp('source') / 'model',
-      model_io.module_arch(models.generator), models.g_variables,
-      model_io.module_arch(models.discriminator), models.d_variables)
+  return save_models(
+      stages.fresh_models(tiny_config(), NUM_SOURCE),
+      tmp_path_factory.mktemp('source') / 'model')
 
 
-def method_config(method, source_dir, **options):
+def method_config(method, **options):
   config = tiny_config()
   config.method = method
-  config.source_checkpoint = str(source_dir)
-  config.stages = ('transfer',)
   for key, value in options.items():
     config.method_options[key] = value
-  config = methods.resolve(config)
-  stages.validate_config(config)
   return config
 
 
 def transfer(method, source_dir, **options):
-  config = method_config(method, source_dir, **options)
-  models = stages.initial_models('transfer', config, _data(config),
-                                 str(source_dir))
-  return config, models
+  """`(plan, data, StageSpec)` of `method`'s transfer stage."""
+  return transfer_spec(method_config(method, **options), source_dir)
 
 
 def trained_paths(mask):
@@ -107,38 +103,36 @@ def trained_paths(mask):
 @pytest.mark.parametrize('method', sorted(EXPECTED_G))
 def test_trained_generator_parameters_match_the_written_list(
     method, source_dir):
-  config, models = transfer(method, source_dir)
-  g_mask, d_mask = stages.trainable_masks('transfer', config, models)
-  trained, every = trained_paths(g_mask)
+  _, _, spec = transfer(method, source_dir)
+  trained, every = trained_paths(spec.g_trainable)
   expected = every if EXPECTED_G[method] == EVERYTHING else EXPECTED_G[method]
   assert trained == expected
-  d_trained, d_every = trained_paths(d_mask)
+  d_trained, d_every = trained_paths(spec.d_trainable)
   d_frozen = {
       p for p in d_every
       if method == 'freezed' and p.startswith(FREEZED_FROZEN_D)
   }
   assert d_frozen or method != 'freezed'
   assert d_trained == d_every - d_frozen
-  if method in EXPECTED_REGULARISERS:
-    setup = stages.make_setup('transfer', config, models)
-    assert (setup.similarity_l1,
-            setup.residual_l2) == EXPECTED_REGULARISERS[method]
+  if method in EXPECTED_LOSSES:
+    assert spec.setup.losses == EXPECTED_LOSSES[method]
 
 
 def test_each_method_starts_from_the_right_model(source_dir):
-  _, scratch = transfer('scratch', source_dir)
-  assert (scratch.generator.num_classes, scratch.label_offset) == (NUM_NEW, 0)
-  _, extended = transfer('transfergan', source_dir)
+  _, _, scratch = transfer('scratch', source_dir)
+  assert scratch.generator.num_classes == NUM_NEW
+  assert scratch.label_range == (0, NUM_NEW)
+  _, _, extended = transfer('transfergan', source_dir)
   assert extended.generator.num_classes == NUM_SOURCE + NUM_NEW
   assert extended.generator.num_new_classes == 0
-  assert extended.label_offset == NUM_SOURCE
-  _, bsa = transfer('bsa', source_dir)
-  assert not bsa.generator.kp_options.propagate
+  assert extended.label_range == (NUM_SOURCE, NUM_SOURCE + NUM_NEW)
+  _, _, free = transfer('bsa', source_dir)
+  assert isinstance(free.generator.new_classes, bsa.FreeVectors)
   assert not any(
       'similarity' in p or 'prior' in p
-      for p in traverse_util.flatten_dict(bsa.g_variables['params'], sep='/'))
-  for models in (extended, bsa):
-    assert models.discriminator.num_new_classes == NUM_NEW
+      for p in traverse_util.flatten_dict(free.g_variables['params'], sep='/'))
+  for spec in (extended, free):
+    assert spec.discriminator.num_new_classes == NUM_NEW
 
 
 # Source-class tables get no gradient from new-class batches.
@@ -152,21 +146,24 @@ _SOURCE_ONLY = re.compile(r'(^embed|/gain|/bias)/embedding$')
                           ('kp_frozen_prior_no_res', 'transfer'),
                           ('kp_finetune', 'finetune')])
 def test_frozen_parameters_stay_bit_identical(method, stage, source_dir):
-  config, models = transfer(method, source_dir)
+  config = method_config(method)
   config[stage].g_lr = config[stage].d_lr = 1e-3
-  setup = stages.make_setup(stage, config, models)
-  g_mask, d_mask = stages.trainable_masks(stage, config, models)
+  plan, data, spec = transfer_spec(config, source_dir)
+  models = methods.Models(spec.generator, spec.discriminator, spec.g_variables,
+                          spec.d_variables)
+  # Fine-tuning starts from the transferred model (here untrained).
+  g_mask, d_mask, setup = stages.training_setup(stage, plan, models,
+                                                spec.label_range)
   state = state_lib.create(setup, models.g_variables, models.d_variables, 0)
   before = jax.device_get((state.g_params, state.d_params))
-  data = _data(config)
-  sampler = input_pipeline.BatchSampler(data.target, setup.real_per_step, 0)
+  sampler = pipeline.BatchSampler(data.target, setup.real_per_step, 0)
   step_fn = steps.make_train_step(setup)
   for step in range(2):
-    images, labels = sampler.batch(step)
+    images, labels = sampler.batch(step)  # the generator's labels
     state, _ = step_fn(
         state, {
             'image': jnp.asarray(images / 127.5 - 1, jnp.float32),
-            'label': jnp.asarray(labels + models.label_offset)
+            'label': jnp.asarray(labels)
         })
   after = jax.device_get((state.g_params, state.d_params))
   frozen = 0
@@ -184,7 +181,7 @@ def test_frozen_parameters_stay_bit_identical(method, stage, source_dir):
 
 
 def test_new_class_rows_start_at_the_source_mean(source_dir):
-  _, models = transfer('transfergan', source_dir)
+  _, _, models = transfer('transfergan', source_dir)
   _, _, source = model_io.load(source_dir)
   old = traverse_util.flatten_dict(source['generator']['params'], sep='/')
   new = traverse_util.flatten_dict(models.g_variables['params'], sep='/')
@@ -196,7 +193,7 @@ def test_new_class_rows_start_at_the_source_mean(source_dir):
         new[key][NUM_SOURCE:],
         np.broadcast_to(old[key].mean(0), (NUM_NEW, old[key].shape[1])),
         rtol=1e-6)
-  _, fresh = transfer('transfergan', source_dir, new_class_init='fresh')
+  _, _, fresh = transfer('transfergan', source_dir, new_class_init='fresh')
   key = tables[0]
   fresh_rows = traverse_util.flatten_dict(
       fresh.g_variables['params'], sep='/')[key][NUM_SOURCE:]
@@ -204,18 +201,18 @@ def test_new_class_rows_start_at_the_source_mean(source_dir):
 
 
 def test_bsa_mean_start_draws_what_a_mean_class_row_draws(source_dir):
-  """BSA (KP layer, no propagation, vectors at the source mean) and a plain
-  BigGAN whose new rows are the mean of the source rows are the same
-  generator for the new classes at the start."""
-  _, bsa = transfer('bsa', source_dir)
-  _, extended = transfer('transfergan', source_dir)
-  z = jax.random.normal(jax.random.key(1), (4, bsa.generator.dim_z))
+  """BSA (free class vectors at the source mean) and a plain BigGAN whose
+  new rows are the mean of the source rows are the same generator for the
+  new classes at the start."""
+  _, _, free = transfer('bsa', source_dir)
+  _, _, extended = transfer('transfergan', source_dir)
+  z = jax.random.normal(jax.random.key(1), (4, free.generator.dim_z))
   labels = jnp.array([4, 5, 4, 5])
-  images_bsa = steps.generate(bsa.generator, bsa.g_variables, z, labels)
+  images_bsa = steps.generate(free.generator, free.g_variables, z, labels)
   images_ext = steps.generate(extended.generator, extended.g_variables, z,
                               labels)
   np.testing.assert_allclose(images_bsa, images_ext, atol=2e-6)
-  _, identity = transfer('bsa', source_dir, bsa_start='identity')
+  _, _, identity = transfer('bsa', source_dir, bsa_start='identity')
   residuals = [
       v for k, v in traverse_util.flatten_dict(
           identity.g_variables['params'], sep='/').items() if 'residual' in k
@@ -230,11 +227,10 @@ def test_bsa_mean_start_in_the_imagenet_form_applies_the_spectral_norm():
       resolution=32, num_classes=3, ch=4, dim_z=20, shared_dim=8, hier=True)
   z, labels = jnp.zeros((2, 20)), jnp.array([0, 1])
   variables = rc.random_variables(rc.abstract_variables(source, z, labels))
-  extended = source.clone(
-      num_new_classes=2, kp_options=kp_ccbn.KPOptions(propagate=False))
+  extended = source.clone(num_new_classes=2, new_classes=bsa.FreeVectors())
   fresh = rc.random_variables(rc.abstract_variables(extended, z, labels), 1)
-  started = baselines.start_bsa_vectors(
-      kp_ccbn.init_from_source(variables, fresh), 'mean', source.sn_eps)
+  started = surgery.start_bsa_vectors(
+      surgery.init_from_source(variables, fresh), 'mean', source.sn_eps)
   # The source layer's class offset for the mean embedding and a zero z
   # chunk, through the Flax layer itself (eval mode: stored u).
   params = traverse_util.flatten_dict(variables['params'], sep='/')
@@ -252,7 +248,7 @@ def test_bsa_mean_start_in_the_imagenet_form_applies_the_spectral_norm():
               }
           }, cond[None])[0]
   got = traverse_util.flatten_dict(
-      started['params'], sep='/')['block_0/bn1/kp/residual_gamma/kernel']
+      started['params'], sep='/')['block_0/bn1/bsa/residual_gamma/kernel']
   np.testing.assert_allclose(
       got, np.broadcast_to(expected, got.shape), rtol=1e-5, atol=1e-7)
 
@@ -261,19 +257,26 @@ def test_resolve_applies_switches_and_overrides_once():
   config = tiny_config()
   config.method = 'kp_frozen_prior_no_res'
   config.method_overrides.kp = {'g_lr': 1e-3}
-  resolved = methods.resolve(config)
+  plan = stages.resolve(config)
+  resolved = plan.config
   assert resolved.transfer.update_prior is False
   assert resolved.model.use_residuals is False
   assert resolved.transfer.g_lr == 1e-3  # the base method's override
   assert config.model.use_residuals is True  # the input is not changed
-  assert methods.resolve(resolved).to_dict() == resolved.to_dict()
+  assert stages.resolve(resolved).config.to_dict() == resolved.to_dict()
+  # The method object carries the switches; nothing re-reads the config.
+  assert plan.method == methods.KnowledgePropagation(
+      'kp', methods.summary('kp'), kp.KPOptions(use_residuals=False), False)
   config.method = 'kp_finetune'
-  assert methods.resolve(config).stages == ('pretrain', 'transfer', 'finetune')
+  assert stages.resolve(config).stages == ('pretrain', 'transfer', 'finetune')
   config.method = 'scratch'
-  assert methods.resolve(config).stages == ('transfer',)
+  assert stages.resolve(config).stages == ('transfer',)
   config.method = 'transfergan'  # trains all of G: no fine-tuning stage
   config.stages = ('pretrain', 'transfer', 'finetune')
-  assert methods.resolve(config).stages == ('pretrain', 'transfer')
+  assert stages.resolve(config).stages == ('pretrain', 'transfer')
+  # With a source model, the run trains from transfer on.
+  config.source_checkpoint = '/some/model'
+  assert stages.resolve(config).stages == ('transfer',)
 
 
 @pytest.mark.parametrize('change,message', [
@@ -295,28 +298,29 @@ def test_bad_method_settings_are_explained(change, message):
       config.method_options[key] = value
     else:
       config[key] = value
-  with pytest.raises((stages.ConfigError, methods.MethodError), match=message):
-    stages.validate_config(methods.resolve(config))
+  with pytest.raises(stages.ConfigError, match=message):
+    stages.resolve(config)
 
 
-def test_parse_methods_expands_groups_and_rejects_unknown_names():
-  assert compare.parse_methods('baselines') == list(methods.METHODS)
-  assert compare.parse_methods('kp,table2')[0] == 'kp'
-  assert len(compare.parse_methods('table2')) == 8
+def test_method_names_expand_groups_and_reject_unknown_names():
+  assert methods.names_of('baselines') == list(methods.METHODS)
+  assert methods.names_of('kp,table2')[0] == 'kp'
+  assert len(methods.names_of('table2')) == 8
   with pytest.raises(methods.MethodError, match="unknown \\['kpp'\\]"):
-    compare.parse_methods('kp,kpp')
+    methods.names_of('kp,kpp')
+  assert methods.continues_from('kp_finetune') == 'kp'
+  assert methods.continues_from('kp_no_l1') is None
 
 
 def test_scratch_samples_are_scored_as_the_new_classes(source_dir, tmp_path):
   """A scratch model labels the new classes 0..M-1; the 6-way classifier
   (source classes first) knows them as 4..5."""
-  config, models = transfer('scratch', source_dir)
-  config.eval.cache_dir = str(tmp_path)
-  data = _data(config)
+  plan, data, spec = transfer('scratch', source_dir)
+  plan.config.eval.cache_dir = str(tmp_path)
   mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
-  scorer = evaluator.make(config, 'transfer', models, data, mesh)
+  scorer = evaluator.make(plan.config, spec.generator, spec.dataset, data, mesh)
   assert set(scorer.labels) == {0, 1}
-  assert set(scorer.labels - scorer.label_shift) == {4, 5}
+  assert set(scorer.scored_labels) == {4, 5}
 
 
 def test_compare_runs_methods_on_one_source_and_writes_the_table(tmp_path):

@@ -7,7 +7,7 @@ import scipy.linalg
 import scipy.stats
 
 from cgt_jax import evaluation
-from cgt_jax import parallel
+from cgt_jax.runtime import parallel
 from cgt_jax.evaluation import features
 from cgt_jax.evaluation import metrics
 from cgt_jax.evaluation import stats_cache

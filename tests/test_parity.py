@@ -7,9 +7,9 @@ reference itself is ~1e-6, fixtures README sec. 9).
 import numpy as np
 import pytest
 
-from cgt_jax import losses
+from cgt_jax.training import losses
 from cgt_jax.convert import keymap
-from cgt_jax.models import kp_ccbn
+from cgt_jax.models import kp
 from tests import reference_cases as rc
 
 TOLERANCE = 1e-4
@@ -105,7 +105,7 @@ def test_discriminator_on_fakes(case):
 def test_regularisers_and_generator_loss(name):
   case = rc.load(name)
   reg = case.json('reg.json')
-  l1, l2 = kp_ccbn.kp_regularizers(case.g_variables['params'])
+  l1, l2 = kp.regularizers(case.g_variables['params'])
   assert_close(l1, reg['comb_l1']['value_float64_recomputed'], 1e-5)
   assert_close(l2, reg['res_l2']['value_float64_recomputed'], 1e-5)
   scales = reg['g_total_loss']['lambdas']
@@ -124,8 +124,8 @@ def test_regularisers_and_generator_loss(name):
         train=train,
         mutable=['sn'] if train else False)
     d_fake = d_fake[0] if train else d_fake
-    total, terms = losses.kp_generator_loss(d_fake, case.g_variables['params'],
-                                            scales['comb_l1_scale'],
+    loss = losses.KnowledgePropagationHinge(scales['comb_l1_scale'],
                                             scales['res_l2_scale'])
+    total, terms = loss.generator(d_fake, case.g_variables['params'])
     assert_close(terms['g_hinge'], reg['g_hinge'][mode])
     assert_close(total, reg['g_total_loss'][mode])

@@ -27,10 +27,10 @@ import jax
 import numpy as np
 import pytest
 
-from cgt_jax import replay
-from cgt_jax import state as state_lib
-from cgt_jax import stages
-from cgt_jax import steps
+from cgt_jax.training import replay
+from cgt_jax.training import state as state_lib
+from cgt_jax.transfer import stages
+from cgt_jax.training import steps
 from cgt_jax.convert import biggan_pth
 from cgt_jax.convert import pth_reader
 from tests import reference_cases as rc
@@ -204,11 +204,13 @@ def test_replayed_draws_equal_a_normal_run(stage):
   generator, discriminator = biggan_pth.load_pair(
       rc.FIXTURES / source / 'G.pth', rc.FIXTURES / source / 'D.pth')
   models = replay.stage_models(settings, generator, discriminator)
-  setup = stages.make_setup(settings.stage, replay.stage_config(settings),
-                            models)
+  _, _, setup = stages.training_setup(settings.stage,
+                                      replay.stage_plan(settings),
+                                      models.models, models.label_range)
   mesh = replay.replay_mesh(batch_size)
   step = steps.make_train_step(setup, mesh)
-  state = state_lib.create(setup, models.g_variables, models.d_variables, 0)
+  state = state_lib.create(setup, models.models.g_variables,
+                           models.models.d_variables, 0)
   rng = np.random.default_rng(0)
   low, high = setup.fake_labels
   batches, draws = [], []
@@ -243,7 +245,8 @@ def test_sampled_draws_have_the_documented_shapes():
           'num_D_accumulations': 1
       }, 4, 1))
   models = replay.stage_models(settings, generator, discriminator)
-  setup = stages.make_setup('pretrain', replay.stage_config(settings), models)
+  _, _, setup = stages.training_setup('pretrain', replay.stage_plan(settings),
+                                      models.models, models.label_range)
   draws = steps.sample_draws(jax.random.key(0), setup)
   assert draws.d_z.shape == (2, 1, 4, generator.module.dim_z)
   assert draws.d_labels.shape == (2, 1, 4)

@@ -1,6 +1,7 @@
 """The training job on tiny configs: sharding, freezing, resume, data paths,
 and the errors a user can make."""
 
+import copy
 import json
 import os
 import signal
@@ -14,13 +15,14 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from cgt_jax import input_pipeline
-from cgt_jax import model_io
-from cgt_jax import parallel
-from cgt_jax import stages
-from cgt_jax import state as state_lib
-from cgt_jax import steps
-from cgt_jax import train
+from cgt_jax.data import pipeline
+from cgt_jax.data import splits
+from cgt_jax.models import model_io
+from cgt_jax.runtime import parallel
+from cgt_jax.transfer import stages
+from cgt_jax.training import state as state_lib
+from cgt_jax.training import steps
+from cgt_jax.training import loop
 from configs import demo
 
 SOURCE = ['red_square', 'green_disc', 'blue_cross', 'yellow_ring']
@@ -61,7 +63,7 @@ def test_demo_pipeline_runs_and_exports_every_stage(tmp_path):
   config.eval.final = True
   config.eval.cache_dir = str(tmp_path / 'cache')
   config.transfer.eval_every = 1
-  model_dir = train.train_and_evaluate(config, tmp_path)
+  model_dir = loop.train_and_evaluate(config, tmp_path)
   assert model_dir == tmp_path / 'finetune' / 'model'
   generator, discriminator, variables = model_io.load(model_dir)
   assert (generator.num_classes, generator.num_new_classes) == (4, 2)
@@ -102,52 +104,62 @@ def test_demo_pipeline_runs_and_exports_every_stage(tmp_path):
   assert (tmp_path / 'comparison.png').exists()
   # A rerun finds every stage complete and changes nothing.
   before = (tmp_path / 'transfer' / 'summary.json').read_text()
-  train.train_and_evaluate(config, tmp_path)
+  loop.train_and_evaluate(config, tmp_path)
   assert (tmp_path / 'transfer' / 'summary.json').read_text() == before
 
 
-def _setup_and_state(stage='transfer', learning_rate=None):
-  """A tiny transfer setup built from fresh random source variables."""
+def save_models(models, directory):
+  """A model directory of `methods.Models` (a saved source model)."""
+  return model_io.save(directory, model_io.module_arch(models.generator),
+                       models.g_variables,
+                       model_io.module_arch(models.discriminator),
+                       models.d_variables)
+
+
+def transfer_spec(config, source_dir, stage='transfer'):
+  """`(plan, data, StageSpec)` of `stage` from the saved source model."""
+  config = copy.deepcopy(config)
+  config.source_checkpoint = str(source_dir)
+  config.stages = (stage,)
+  plan = stages.resolve(config)
+  data = splits.load(
+      plan.config.data,
+      need_source=True,
+      resolution=32,
+      target_first_label=plan.target_first_label())
+  return plan, data, stages.stage_spec(stage, plan, data, str(source_dir))
+
+
+def _setup_and_state(learning_rate=None):
+  """A tiny transfer stage built from fresh random source variables."""
   config = tiny_config()
   if learning_rate:  # Adam turns float noise into lr-sized steps: keep small
-    config[stage].g_lr = config[stage].d_lr = learning_rate
-  data = _data(config)
-  models = stages.initial_models('pretrain', config, data, None)
-  if stage == 'transfer':
-    source_dir = model_io.save(
-        os.path.join(os.environ.get('PYTEST_TMP', '/tmp'), 'cgt_src_model'),
-        model_io.module_arch(models.generator), models.g_variables,
-        model_io.module_arch(models.discriminator), models.d_variables)
-    models = stages._transfer_models(config, data, source_dir)
-  setup = stages.make_setup(stage, config, models)
-  state = state_lib.create(setup, models.g_variables, models.d_variables, 0)
-  return config, data, models, setup, state
+    config.transfer.g_lr = config.transfer.d_lr = learning_rate
+  source_dir = save_models(
+      stages.fresh_models(config, len(SOURCE)),
+      os.path.join(os.environ.get('PYTEST_TMP', '/tmp'), 'cgt_src_model'))
+  plan, data, spec = transfer_spec(config, source_dir)
+  state = state_lib.create(spec.setup, spec.g_variables, spec.d_variables, 0)
+  return plan.config, data, spec, spec.setup, state
 
 
 def _data(config):
-  from cgt_jax import data as data_lib
-  return data_lib.load(config.data, need_source=True, resolution=32)
+  return splits.load(config.data, need_source=True, resolution=32)
 
 
 def test_sharded_step_equals_single_device_step():
   config, data, models, setup, state = _setup_and_state(learning_rate=1e-5)
-  sampler = input_pipeline.BatchSampler(data.target, setup.real_per_step, 0)
+  sampler = pipeline.BatchSampler(data.target, setup.real_per_step, 0)
   images, labels = sampler.batch(0)
   mesh = parallel.make_mesh()
   assert mesh.size == 8
   single = steps.make_train_step(setup)
   sharded = steps.make_train_step(setup, mesh)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  batch_1 = input_pipeline.to_device(
-      images,
-      labels,
-      parallel.data_sharding(
-          jax.make_mesh((1,), ('data',),
-                        devices=jax.devices()[:1],
-                        axis_types=(jax.sharding.AxisType.Auto,))),
-      label_offset=4)
-  batch_8 = input_pipeline.to_device(
-      images, labels, parallel.data_sharding(mesh), label_offset=4)
+  batch_1 = pipeline.to_device(
+      images, labels,
+      parallel.data_sharding(parallel.make_mesh(jax.devices()[:1])))
+  batch_8 = pipeline.to_device(images, labels, parallel.data_sharding(mesh))
   assert len(batch_8['image'].sharding.device_set) == 8
   # Copies: the steps donate (and so delete) their input state.
   state_8 = jax.device_put(
@@ -169,12 +181,13 @@ def test_sharded_step_equals_single_device_step():
 def test_frozen_parameters_are_bit_identical_and_hold_no_adam_state():
   config, data, models, setup, state = _setup_and_state()
   before = flat(state.g_params)
-  sampler = input_pipeline.BatchSampler(data.target, setup.real_per_step, 0)
+  sampler = pipeline.BatchSampler(data.target, setup.real_per_step, 0)
   step_fn = steps.make_train_step(setup)
   for step in range(3):
     batch = {
         'image': jnp.asarray(sampler.batch(step)[0] / 127.5 - 1, jnp.float32),
-        'label': jnp.asarray(sampler.batch(step)[1] + 4)
+        'label':
+            jnp.asarray(sampler.batch(step)[1])  # global labels
     }
     state, _ = step_fn(state, batch)
   after = flat(state.g_params)
@@ -198,27 +211,27 @@ def test_frozen_parameters_are_bit_identical_and_hold_no_adam_state():
 
 def _interrupt_at(monkeypatch, step_to_stop):
   """SIGTERM arrives while the loop fetches the batch of `step_to_stop`."""
-  original = input_pipeline.BatchSampler.process_batch
+  original = pipeline.BatchSampler.process_batch
 
   def fetch(self, step):
     if step == step_to_stop:
       os.kill(os.getpid(), signal.SIGTERM)
     return original(self, step)
 
-  monkeypatch.setattr(input_pipeline.BatchSampler, 'process_batch', fetch)
+  monkeypatch.setattr(pipeline.BatchSampler, 'process_batch', fetch)
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(
     tmp_path, monkeypatch):
   config = tiny_config(pretrain=4, transfer=3)
   config.pretrain.checkpoint_every = config.transfer.checkpoint_every = 100
-  whole = train.train_and_evaluate(config, tmp_path / 'whole')
+  whole = loop.train_and_evaluate(config, tmp_path / 'whole')
   with monkeypatch.context() as patch:
     _interrupt_at(patch, 2)  # preempted during pretraining step 3
-    with pytest.raises(train.Preempted, match='rerun the same command'):
-      train.train_and_evaluate(config, tmp_path / 'resumed')
+    with pytest.raises(loop.Preempted, match='rerun the same command'):
+      loop.train_and_evaluate(config, tmp_path / 'resumed')
   assert not (tmp_path / 'resumed' / 'pretrain' / 'summary.json').exists()
-  resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
+  resumed = loop.train_and_evaluate(config, tmp_path / 'resumed')
   _, _, expected = model_io.load(whole)
   _, _, actual = model_io.load(resumed)
   a, b = flat(expected), flat(actual)
@@ -236,7 +249,7 @@ def test_tfds_cifar100_path_under_mock_data(tmp_path):
   config.data.target_images_per_class = 0
   with tfds.testing.mock_data(
       policy=tfds.testing.MockPolicy.USE_CODE, num_examples=1000):
-    model_dir = train.train_and_evaluate(config, tmp_path)
+    model_dir = loop.train_and_evaluate(config, tmp_path)
   generator, _, _ = model_io.load(model_dir)
   assert (generator.num_classes, generator.num_new_classes) == (3, 2)
 
@@ -259,7 +272,7 @@ def test_image_folder_path(tmp_path):
   config.data.source_classes = ('cat', 'dog', 'eel')
   config.data.target_classes = ('alley', 'arch')
   config.data.target_images_per_class = 5
-  model_dir = train.train_and_evaluate(config, tmp_path / 'work')
+  model_dir = loop.train_and_evaluate(config, tmp_path / 'work')
   generator, _, _ = model_io.load(model_dir)
   assert (generator.num_classes, generator.num_new_classes) == (3, 2)
 
@@ -279,34 +292,27 @@ def test_bad_config_values_are_explained(tmp_path, change, message):
   config = tiny_config()
   change(config)
   with pytest.raises(stages.ConfigError, match=message):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
 
 
 def test_missing_dataset_is_explained(tmp_path):
   config = tiny_config()
   config.data.name = 'image_folder'
   config.data.root = str(tmp_path / 'nowhere')
-  from cgt_jax import datasets
+  from cgt_jax.data import datasets
   with pytest.raises(datasets.DatasetError, match='nowhere does not exist'):
-    train.train_and_evaluate(config, tmp_path / 'work')
+    loop.train_and_evaluate(config, tmp_path / 'work')
 
 
 def test_class_count_mismatch_with_checkpoint_is_explained(tmp_path):
   config = tiny_config()
-  data = _data(config)
-  # 4 source classes
-  models = stages.initial_models('pretrain', config, data, None)
-  source = model_io.save(tmp_path / 'source',
-                         model_io.module_arch(models.generator),
-                         models.g_variables,
-                         model_io.module_arch(models.discriminator),
-                         models.d_variables)
+  source = save_models(stages.fresh_models(config, 4), tmp_path / 'source')
   config.stages = ('transfer',)
   config.source_checkpoint = str(source)
   config.data.source_classes = tuple(SOURCE[:3])
   with pytest.raises(
       stages.ConfigError, match=r'has 4 classes but the config names 3 source'):
-    train.train_and_evaluate(config, tmp_path / 'work')
+    loop.train_and_evaluate(config, tmp_path / 'work')
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path):
@@ -330,10 +336,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config.stages = ('pretrain',)
   config.pretrain.g_lr = 1e30  # G explodes after its first update
   with pytest.raises(
-      train.TrainingDiverged,
+      loop.TrainingDiverged,
       match=r'non-finite .* at step \d; the last good '
       r'checkpoint \(step \d\) is kept'):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   kept = sorted((tmp_path / 'pretrain' / 'checkpoints' / 'latest').iterdir())
   assert kept
   assert not (tmp_path / 'pretrain' / 'summary.json').exists()

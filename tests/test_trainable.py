@@ -1,4 +1,5 @@
-"""Trainable-parameter rules against the reference's requires_grad lists."""
+"""Trainable-parameter groups against the reference's requires_grad lists
+(the KP method's transfer stage = their stage BN, fine-tuning = FT)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,16 +7,25 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cgt_jax import trainable
 from cgt_jax.convert import keymap
 from cgt_jax.models import biggan
-from cgt_jax.models import kp_ccbn
+from cgt_jax.models import kp
+from cgt_jax.transfer import groups
+from cgt_jax.transfer import methods
 from tests import reference_cases as rc
+
+# The reference's stage names -> the KP method's stages.
+REFERENCE_STAGES = {'bn': 'transfer', 'ft': 'finetune'}
+
+
+def kp_groups(stage, update_prior=True):
+  method = methods.KnowledgePropagation('kp', '', update_prior=update_prior)
+  return method.generator_groups(REFERENCE_STAGES[stage])
 
 
 def trained_torch_names(params, stage, **kwargs):
   mask = traverse_util.flatten_dict(
-      trainable.generator_mask(params, stage, **kwargs))
+      groups.generator_mask(params, kp_groups(stage, **kwargs)))
   return sorted(
       keymap.torch_key('params', path) for path, train in mask.items() if train)
 
@@ -29,7 +39,7 @@ def test_stage_masks_equal_reference_lists(name, stage, filename):
   assert trained_torch_names(case.g_variables['params'], stage) == expected
   toggle = case.meta['toggle']
   flat = traverse_util.flatten_dict(
-      trainable.generator_mask(case.g_variables['params'], stage))
+      groups.generator_mask(case.g_variables['params'], kp_groups(stage)))
   params = traverse_util.flatten_dict(case.g_variables['params'])
   scalars = sum(np.size(params[k]) for k, train in flat.items() if train)
   assert scalars == toggle[f'n_scalars_{stage.upper()}']
@@ -47,7 +57,7 @@ def test_frozen_prior_ablation_freezes_exactly_the_prior():
 
 def test_pretrain_trains_every_source_parameter():
   case = rc.load('biggan128')
-  mask = trainable.generator_mask(case.g_variables['params'], 'pretrain')
+  mask = groups.generator_mask(case.g_variables['params'], groups.SOURCE)
   assert all(jax.tree_util.tree_leaves(mask))
 
 
@@ -57,7 +67,7 @@ def ablation_params():
       num_classes=10,
       num_new_classes=4,
       ch=16,
-      kp_options=kp_ccbn.KPOptions(use_residuals=False, shared_similarity=True))
+      new_classes=kp.KPOptions(use_residuals=False, shared_similarity=True))
   return rc.abstract_variables(g, jnp.zeros((2, 128)), jnp.zeros(
       (2,), jnp.int32))['params']
 
@@ -67,11 +77,10 @@ def test_every_parameter_is_in_exactly_one_group(source):
   params = (
       ablation_params()
       if source == 'ablation' else rc.load(source).g_variables['params'])
-  groups = {
-      trainable.group_of(p)
-      for p in traverse_util.flatten_dict(params, sep='/')
+  found = {
+      groups.group_of(p) for p in traverse_util.flatten_dict(params, sep='/')
   }
-  assert groups <= set(trainable.GENERATOR_GROUPS)
+  assert found <= groups.SOURCE | groups.KNOWLEDGE_PROPAGATION
 
 
 def test_unclaimed_parameter_is_an_error():
@@ -79,6 +88,8 @@ def test_unclaimed_parameter_is_an_error():
   with pytest.raises(
       ValueError, match=r"'block_0/new_layer/kernel' matches no "
       'group'):
-    trainable.generator_mask(params, 'bn')
-  with pytest.raises(ValueError, match="unknown stage 'transfer'"):
-    trainable.generator_mask(rc.load('cgt32').g_variables['params'], 'transfer')
+    groups.generator_mask(params, groups.KNOWLEDGE_PROPAGATION)
+  with pytest.raises(
+      ValueError, match=r"unknown generator groups \['priors'\]"):
+    groups.generator_mask(
+        rc.load('cgt32').g_variables['params'], frozenset({'priors'}))

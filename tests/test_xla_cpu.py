@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from cgt_jax import xla_cpu
+from cgt_jax.runtime import xla_cpu
 
 FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 
@@ -50,6 +50,10 @@ _CONV = """
 import os, sys, numpy as np
 import cgt_jax, jax
 from cgt_jax.models import layers
+from cgt_jax.runtime import process
+from cgt_jax.training import loop  # the whole library: no environment change
+assert 'XLA_FLAGS' not in os.environ, os.environ['XLA_FLAGS']
+process.configure()  # what every entry point does first
 x = jax.random.normal(jax.random.key(0), (2, 8, 8, 160))
 k = jax.random.normal(jax.random.key(1), (3, 3, 160, 160)) * 0.05
 y = jax.jit(lambda x, k: layers.conv2d_same(x, k, 'float32'))(x, k)
@@ -58,10 +62,10 @@ print(os.environ.get('XLA_FLAGS', ''), file=sys.stderr)
 """
 
 
-def test_importing_cgt_jax_starts_xla_with_the_flag(tmp_path):
-  """In a fresh process: the import sets the flag before the backend
-  starts, XLA accepts it, and convolutions agree with Eigen's to float
-  rounding."""
+def test_entry_point_set_up_starts_xla_with_the_flag(tmp_path):
+  """In a fresh process: importing the library changes no environment
+  variable; `process.configure` sets the flag before the backend starts,
+  XLA accepts it, and convolutions agree with Eigen's to float rounding."""
   outputs = {}
   for name, opt_out in (('ynn', '1'), ('eigen', '0')):
     path = tmp_path / f'{name}.npy'

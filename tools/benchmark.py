@@ -21,12 +21,13 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from cgt_jax import parallel
-from cgt_jax import stages
-from cgt_jax import state as state_lib
-from cgt_jax import steps
-from cgt_jax import xla_cpu
-from cgt_jax.models import kp_ccbn
+from cgt_jax.runtime import parallel
+from cgt_jax.runtime import process
+from cgt_jax.runtime import xla_cpu
+from cgt_jax.training import state as state_lib
+from cgt_jax.training import steps
+from cgt_jax.transfer import methods
+from cgt_jax.transfer import stages
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
@@ -40,39 +41,30 @@ flags.DEFINE_integer(
 flags.mark_flags_as_required(['config'])
 
 
-class _Data:
-  """Class counts only: the benchmark needs no images."""
-
-  def __init__(self, source_names, target_names):
-    self.source_names = list(source_names)
-    self.target = type('T', (), {
-        'num_classes': len(target_names),
-        'class_names': list(target_names)
-    })()
-
-
-def _models(config, stage, num_source):
-  names = list(
-      config.data.source_classes) or [f'source_{i}' for i in range(num_source)]
-  data = _Data(names, config.data.target_classes)
-  models = stages.initial_models('pretrain', config, data, None)
-  if stage == 'pretrain':
-    return models
-  generator = models.generator.clone(
-      num_new_classes=data.target.num_classes,
-      kp_options=kp_ccbn.KPOptions(config.model.use_residuals,
-                                   config.model.shared_similarity))
-  discriminator = models.discriminator.clone(
-      num_new_classes=data.target.num_classes)
-  fresh_g, fresh_d = stages._fresh(generator, discriminator, 0)  # pylint: disable=protected-access
-  g_vars = kp_ccbn.init_from_source(models.g_variables, fresh_g)
-  return stages.StageModels(generator, discriminator, g_vars, fresh_d,
-                            generator.num_classes, data.target.class_names)
+def _stage(config, stage, num_source):
+  """`(plan, models, label_range)` of `stage` with random weights: a fresh
+  source BigGAN, grown to the new classes by the config's method."""
+  plan = stages.resolve(config)
+  num_source = len(config.data.source_classes) or num_source
+  num_new = len(config.data.target_classes)
+  models = stages.fresh_models(plan.config, num_source)
+  count = num_source
+  if stage != 'pretrain':
+    context = methods.BuildContext(
+        num_new=num_new,
+        seed=0,
+        dtype=models.generator.dtype,
+        fresh=lambda n: stages.fresh_models(plan.config, n))
+    models = plan.method.models(models, context)
+    count = num_new
+  # The stage's classes are the generator's last `count` labels.
+  labels = models.generator.num_labels
+  return plan, models, (labels - count, labels)
 
 
 def measure(config, stage, num_steps, num_source=0) -> dict:
-  models = _models(config, stage, num_source)
-  setup = stages.make_setup(stage, config, models)
+  plan, models, labels = _stage(config, stage, num_source)
+  _, _, setup = stages.training_setup(stage, plan, models, labels)
   mesh = parallel.make_mesh()
   state = jax.device_put(
       state_lib.create(setup, models.g_variables, models.d_variables, 0),
@@ -134,6 +126,7 @@ def print_table(row: dict):
 
 def main(argv):
   del argv
+  process.configure()
   print_table(
       measure(FLAGS.config, FLAGS.stage, FLAGS.steps, FLAGS.num_source_classes))
   sys.stdout.flush()

@@ -15,7 +15,7 @@ import argparse
 import pathlib
 import sys
 
-from cgt_jax import comparison
+from cgt_jax.evaluation import comparison
 
 
 def parse(argv):

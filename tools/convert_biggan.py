@@ -23,7 +23,7 @@ import argparse
 import pathlib
 import sys
 
-from cgt_jax import model_io
+from cgt_jax.models import model_io
 from cgt_jax.convert import biggan_deep_keymap
 from cgt_jax.convert import biggan_pth
 from cgt_jax.convert import infer

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from cgt_jax import replay
+from cgt_jax.training import replay
 from cgt_jax.convert import biggan_pth
 from cgt_jax.convert import pth_reader
 

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cgt_jax import model_io
-from cgt_jax import steps
-from cgt_jax import visualize
+from cgt_jax.models import model_io
+from cgt_jax.training import steps
+from cgt_jax.analysis import visualize
 from cgt_jax.models import biggan
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from cgt_jax import model_io
+from cgt_jax.models import model_io
 from cgt_jax.convert import infer
 from cgt_jax.convert import keymap
 from cgt_jax.convert import pth_reader

@@ -204,7 +204,8 @@ def _new_classes(shapes: _Shapes, num_classes: int) -> dict:
   residuals = 'blocks.0.0.bn1.res_g.weight' in shapes
   return dict(
       num_new_classes=new,
-      kp_options=dict(use_residuals=residuals, shared_similarity=False))
+      new_classes=dict(
+          form='kp', use_residuals=residuals, shared_similarity=False))
 
 
 def discriminator_arch(state_dict: Mapping[str, np.ndarray],

@@ -13,6 +13,7 @@ Renames (Flax path element -> PyTorch module name):
     kp/prior_{gamma,beta}      -> prev_knowledge_{g,b}
     kp/z_proj_{gamma,beta}     -> z_layer_{g,b}
     kp/residual_{gamma,beta}   -> res_{g,b}
+    (BSA's `bsa/residual_*`, `bsa/z_proj_*` alike, as cGANTransfer layers)
 
 Leaves: `kernel` -> `weight` (Dense `[in, out]` = weight.T; conv HWIO =
 OIHW transposed), `embedding` -> `weight`, `scale` -> `gain` (output BN),
@@ -28,16 +29,24 @@ from typing import Mapping
 import numpy as np
 from flax import traverse_util
 
+from cgt_jax.models import bsa
+from cgt_jax.models import kp
+
 _MODULE_RENAMES = (
     (re.compile(r'block_(\d+)'), r'blocks.\1.0'),
     (re.compile(r'attention_(\d+)'), r'blocks.\1.1'),
     (re.compile(r'output_bn'), 'output_layer.0'),
     (re.compile(r'output_conv'), 'output_layer.2'),
-    (re.compile(r'similarity_(g|b)(amma|eta)'), r'comb_layer_\1'),
-    (re.compile(r'prior_(g|b)(amma|eta)'), r'prev_knowledge_\1'),
-    (re.compile(r'z_proj_(g|b)(amma|eta)'), r'z_layer_\1'),
-    (re.compile(r'residual_(g|b)(amma|eta)'), r'res_\1'),
 )
+# cGANTransfer's names of the knowledge-propagation parts.
+_KP_TORCH_NAMES = {
+    kp.Part.SIMILARITY: 'comb_layer',
+    kp.Part.PRIOR: 'prev_knowledge',
+    kp.Part.Z_PROJECTION: 'z_layer',
+    kp.Part.RESIDUAL: 'res',
+}
+# New-class layers whose parts are direct children of the torch ccbn.
+_FLATTENED_MODULES = (kp.MODULE, bsa.MODULE)
 _LEAF_RENAMES = {
     ('params', 'kernel'): 'weight',
     ('params', 'embedding'): 'weight',
@@ -65,21 +74,27 @@ def torch_key(collection: str, path: tuple) -> str:
   """The PyTorch state-dict key of the Flax leaf `collection/path`."""
   modules = []
   for element in path[:-1]:
-    if element == 'kp':  # KP layers are direct children of the torch ccbn.
+    if element in _FLATTENED_MODULES:
       continue
-    for pattern, replacement in _MODULE_RENAMES:
-      if pattern.fullmatch(element):
-        element = pattern.sub(replacement, element)
-        break
-    else:
-      if element.startswith('kp_'):
-        raise ValueError(f'{"/".join(path)} (shared similarity) has no '
-                         'PyTorch equivalent')
-    modules.append(element)
+    modules.append(_torch_module(element, path))
   leaf = _LEAF_RENAMES.get((collection, path[-1]))
   if leaf is None:
     raise ValueError(f'no PyTorch name for {collection}/{"/".join(path)}')
   return '.'.join(modules + [leaf])
+
+
+def _torch_module(element: str, path: tuple) -> str:
+  """The PyTorch module name of one Flax path element."""
+  if element.startswith(kp.SHARED_PREFIX):
+    raise ValueError(f'{"/".join(path)} (shared similarity) has no '
+                     'PyTorch equivalent')
+  part = kp.parse_layer(element)
+  if part is not None:
+    return f'{_KP_TORCH_NAMES[part[0]]}_{part[1][0]}'
+  for pattern, replacement in _MODULE_RENAMES:
+    if pattern.fullmatch(element):
+      return pattern.sub(replacement, element)
+  return element
 
 
 def torch_shape(collection: str, path: tuple, flax_shape: tuple) -> tuple:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from cgt_jax import parallel
+from cgt_jax.runtime import parallel
 from cgt_jax.evaluation import inception
 from cgt_jax.evaluation import inception_convert
 

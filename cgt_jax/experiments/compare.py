@@ -1,7 +1,7 @@
 """Every method on the same data and source model, one table: the paper's
 Table 1 (and, with --methods=table2, its Table 2 ablation) on your data.
 
-    python -m cgt_jax.experiments.compare --config=configs/demo.py \\
+    python tools/compare_methods.py --config=configs/demo.py \\
         --workdir=DIR [--methods=scratch,transfergan,freezed,bsa,kp]
 
 1. The source model is `config.source_checkpoint`, or a BigGAN pretrained
@@ -10,8 +10,9 @@ Table 1 (and, with --methods=table2, its Table 2 ablation) on your data.
    `baselines`, `table2`, `all`) runs the transfer stage from that source in
    DIR/<method>, a `cgt_jax.main` workdir: same data, seed, step budget and
    evaluator; only the method's own switches and
-   `config.method_overrides.<method>` differ. `kp_finetune` continues from
-   kp's transferred model (and runs kp first if needed).
+   `config.method_overrides.<method>` differ. A variant that continues
+   another method's run (`kp_finetune`: fine-tuning after `kp`) starts from
+   that method's transferred model (and runs it first if needed).
 3. DIR/comparison.md (the table, also printed), DIR/comparison.json,
    DIR/comparison.png (metric against iteration, best marked) and
    DIR/samples.png (each method's final sample grid, a row per new class).
@@ -24,46 +25,13 @@ import copy
 import dataclasses
 import json
 import pathlib
-import sys
 import time
 
-from absl import app
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-from cgt_jax import comparison
-from cgt_jax import methods
-from cgt_jax import train
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Folder of the source and method runs.')
-config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_string(
-    'methods', 'baselines', 'Comma-separated method or variant names, or a '
-    "group: 'baselines' (scratch, transfergan, freezed, bsa, kp), 'table2' "
-    "(the Table 2 ablations), 'all'. Known: " + ', '.join(methods.NAMES))
-flags.mark_flags_as_required(['config', 'workdir'])
-
-GROUPS = {
-    'baselines': tuple(methods.METHODS),
-    'table2': methods.TABLE2_ABLATIONS,
-    'all': methods.NAMES,
-}
-
-
-def parse_methods(text: str) -> list:
-  """Method names from a comma list with groups expanded, each once."""
-  names = []
-  for item in filter(None, (t.strip() for t in text.split(','))):
-    names.extend(GROUPS.get(item, (item,)))
-  unknown = [n for n in names if n not in methods.NAMES]
-  if unknown or not names:
-    raise methods.MethodError(
-        f'--methods: unknown {unknown or "(empty)"}; use names from '
-        f'{list(methods.NAMES)} or the groups {list(GROUPS)}')
-  return list(dict.fromkeys(names))
+from cgt_jax.evaluation import comparison
+from cgt_jax.training import loop
+from cgt_jax.transfer import methods
 
 
 @dataclasses.dataclass
@@ -80,30 +48,32 @@ def source_model(config, workdir: pathlib.Path) -> str:
   if config.source_checkpoint:
     return config.source_checkpoint
   source = copy.deepcopy(config)
-  source.method = 'kp'
+  source.method = 'kp'  # any method with a source keeps the pretrain stage
   source.stages = ('pretrain',)
-  return str(train.train_and_evaluate(source, workdir / 'source'))
+  return str(loop.train_and_evaluate(source, workdir / 'source'))
 
 
 def run_method(name, config, workdir, source, done) -> MethodRun:
-  """Trains `name`'s transfer (or, for kp_finetune, fine-tuning) stage."""
+  """Trains `name`'s transfer stage, or, for a variant that continues
+  another method's run, its fine-tuning stage from that run's model."""
   run = copy.deepcopy(config)
   run.method = name
   run.source_checkpoint = source
   stage, stage_dirs = 'transfer', []
-  if name == 'kp_finetune':
-    if 'kp' not in done:
-      done['kp'] = run_method('kp', config, workdir, source, done)
-    if done['kp'].error:
-      return MethodRun(name, workdir / name, [], f'kp: {done["kp"].error}')
-    run.source_checkpoint = str(done['kp'].stage_dirs[0] / 'model')
-    stage, stage_dirs = 'finetune', list(done['kp'].stage_dirs)
+  base = methods.continues_from(name)
+  if base:
+    if base not in done:
+      done[base] = run_method(base, config, workdir, source, done)
+    if done[base].error:
+      return MethodRun(name, workdir / name, [], f'{base}: {done[base].error}')
+    run.source_checkpoint = str(done[base].stage_dirs[0] / 'model')
+    stage, stage_dirs = 'finetune', list(done[base].stage_dirs)
   run.stages = (stage,)
   stage_dirs.append(workdir / name / stage)
-  print(f'== {name}: {methods.summary(name)}', flush=True)
+  logging.info('== %s: %s', name, methods.summary(name))
   try:
-    train.train_and_evaluate(run, workdir / name)
-  except train.TrainingDiverged as error:
+    loop.train_and_evaluate(run, workdir / name)
+  except loop.TrainingDiverged as error:
     return MethodRun(name, workdir / name, [], f'diverged: {error}')
   return MethodRun(name, workdir / name, stage_dirs)
 
@@ -184,21 +154,20 @@ def last_grid(run: MethodRun) -> pathlib.Path:
 
 def samples_figure(runs, path):
   """The methods' final sample grids side by side (a row per new class)."""
+  from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
   from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   shown = [(r.name, last_grid(r)) for r in runs if not r.error]
   shown = [(name, grid) for name, grid in shown if grid is not None]
   if not shown:
     return None
-  figure, axes = plt.subplots(
-      1, len(shown), figsize=(3.2 * len(shown), 3.6), squeeze=False)
+  figure = mpl_figure.Figure(figsize=(3.2 * len(shown), 3.6))
+  axes = figure.subplots(1, len(shown), squeeze=False)
   for axis, (name, grid) in zip(axes[0], shown):
     axis.imshow(mpimg.imread(grid), interpolation='nearest')
     axis.set_title(name)
     axis.axis('off')
   figure.tight_layout()
   figure.savefig(path, dpi=100)
-  plt.close(figure)
   return path
 
 
@@ -231,25 +200,3 @@ def compare_methods(config, workdir, names) -> str:
                     'new classes by method')
   samples_figure(runs, workdir / 'samples.png')
   return text
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
-  try:
-    names = parse_methods(FLAGS.methods)
-    text = compare_methods(FLAGS.config, FLAGS.workdir, names)
-  except (methods.MethodError, comparison.CompareError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
-  except train.USER_ERRORS + (ValueError,) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
-  print(text)
-  print(f'wrote {FLAGS.workdir}/comparison.md, comparison.json, '
-        'comparison.png and samples.png')
-
-
-if __name__ == '__main__':
-  app.run(main)

@@ -24,7 +24,7 @@ import numpy as np
 from flax import linen as nn
 
 from cgt_jax.models import ccbn
-from cgt_jax.models import kp_ccbn
+from cgt_jax.models import kp
 from cgt_jax.models import layers
 
 # Channel multipliers per resolution: (in, out) of every block, and the
@@ -108,7 +108,10 @@ class Generator(nn.Module):
     hier: hierarchical z (one chunk for the first linear + one per block).
     attention: output resolutions followed by a self-attention block.
     weights_init: 'ortho' or 'N02'. bn_eps / sn_eps: as BigGAN's BN_eps / SN_eps.
-    kp_options: knowledge-propagation switches (used when M > 0).
+    new_classes: how new classes get their BN parameters (used when M > 0):
+      `kp.KPOptions` (knowledge propagation, its Table 2 switches) or
+      `bsa.FreeVectors` (the BSA baseline). Its KP variant follows the
+      source form (`kp.variant_for(shared_dim)`).
   """
   resolution: int
   num_classes: int
@@ -121,7 +124,7 @@ class Generator(nn.Module):
   weights_init: str = 'N02'
   bn_eps: float = 1e-5
   sn_eps: float = 1e-8
-  kp_options: kp_ccbn.KPOptions = kp_ccbn.KPOptions()
+  new_classes: Any = kp.KPOptions()
   bottom_width: int = 4
   dtype: Any = jnp.float32
 
@@ -207,24 +210,20 @@ class Generator(nn.Module):
 
   def _bn_factory(self):
     """A partial building every conditional BN layer alike."""
-    similarity = None
-    options = self.kp_options
-    if self.num_new_classes and options.propagate and options.shared_similarity:
-      spectral = self.shared_dim > 0
-      similarity = tuple(
-          kp_ccbn.similarity_layer(self.num_classes, spectral,
-                                   self.weights_init, f'kp_similarity_{which}')
-          for which in ('gamma', 'beta'))
+    new_class_layer = None
+    if self.num_new_classes:
+      new_class_layer = self.new_classes.bn_layers(
+          self.num_classes, self.num_new_classes,
+          kp.variant_for(self.shared_dim), self.sn_eps, self.weights_init)
     return _partial(
         ccbn.ClassConditionalBatchNorm,
         num_classes=self.num_classes,
         cond_dim=self.shared_dim,
         num_new_classes=self.num_new_classes,
+        new_class_layer=new_class_layer,
         eps=self.bn_eps,
         sn_eps=self.sn_eps,
         weights_init=self.weights_init,
-        kp_options=self.kp_options,
-        kp_similarity=similarity,
         dtype=self.dtype)
 
 

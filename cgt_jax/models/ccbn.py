@@ -2,7 +2,7 @@
 
 One layer serves the paper's problem (4): global labels 0..N-1 take the
 source classes' own BN parameters, labels N..N+M-1 the new classes'
-parameters from knowledge propagation (`kp_ccbn.KnowledgePropagation`).
+parameters from knowledge propagation (`kp.KnowledgePropagation`).
 
 The source parameters come in BigGAN's two forms, both with "1 + gain":
 
@@ -13,13 +13,12 @@ The source parameters come in BigGAN's two forms, both with "1 + gain":
   conditioning vector `[class embedding, z chunk]` (class part first).
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cgt_jax.models import kp_ccbn
 from cgt_jax.models import layers
 
 
@@ -31,19 +30,19 @@ class ClassConditionalBatchNorm(nn.Module):
     cond_dim: 0 for per-class tables, else the width of the class embedding
       (the z chunk width is read from the input).
     num_new_classes: M (0: a plain BigGAN ccbn).
+    new_class_layer: `(features, z_dim) -> module` building the layer that
+      gives new classes their `(gain, bias)` (`KPOptions.bn_layers`,
+      `FreeVectors.bn_layers`); None when M = 0.
     eps: BN eps. sn_eps: spectral-norm eps of the SN linears.
     weights_init: 'ortho' or 'N02'.
-    kp_options: knowledge-propagation switches.
-    kp_similarity: shared `(S_gamma, S_beta)` modules, if shared.
   """
   num_classes: int
   cond_dim: int = 0
   num_new_classes: int = 0
+  new_class_layer: Optional[Callable] = None
   eps: float = 1e-5
   sn_eps: float = 1e-8
   weights_init: str = 'N02'
-  kp_options: kp_ccbn.KPOptions = kp_ccbn.KPOptions()
-  kp_similarity: Optional[tuple] = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -64,18 +63,10 @@ class ClassConditionalBatchNorm(nn.Module):
         used=True if not self.num_new_classes else jnp.any(~is_new))
     if self.num_new_classes:
       onehot = jax.nn.one_hot(labels - self.num_classes, self.num_new_classes)
-      new_gain, new_bias = kp_ccbn.KnowledgePropagation(
-          features=x.shape[-1],
-          num_source_classes=self.num_classes,
-          spectral=self.cond_dim > 0,
-          z_dim=0 if z_chunk is None else z_chunk.shape[-1],
-          sn_eps=self.sn_eps,
-          weights_init=self.weights_init,
-          use_residuals=self.kp_options.use_residuals,
-          propagate=self.kp_options.propagate,
-          similarity=self.kp_similarity,
-          name='kp')(
-              onehot, z_chunk, train, used=jnp.any(is_new))
+      new_layer = self.new_class_layer(
+          x.shape[-1], 0 if z_chunk is None else z_chunk.shape[-1])
+      new_gain, new_bias = new_layer(
+          onehot, z_chunk, train, used=jnp.any(is_new))
       gain = jnp.where(is_new[:, None], new_gain, gain)
       bias = jnp.where(is_new[:, None], new_bias, bias)
     out = layers.normalize_batch(self, x, train, self.eps,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cgt_jax import xla_cpu
+from cgt_jax.runtime import xla_cpu
 
 SN_COLLECTION = 'sn'
 STATS_COLLECTION = 'batch_stats'
@@ -112,13 +112,10 @@ class SNDense(nn.Module):
   """Spectrally normalised linear layer (`SNLinear`): `x @ (W / sigma) + b`.
 
   `kernel` is `[in, out]` (PyTorch `weight.T`); `u` indexes the outputs.
-  `spectral=False` gives a plain linear layer with the same parameter names,
-  which is what the CIFAR variant of cGANTransfer uses.
   """
   features: int
   use_bias: bool = True
   eps: float = 1e-12
-  spectral: bool = True
   kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
   bias_init: Optional[Initializer] = None
   dtype: Any = jnp.float32
@@ -127,8 +124,7 @@ class SNDense(nn.Module):
   def __call__(self, x, train: bool = False, used: Any = True):
     kernel = self.param('kernel', self.kernel_init,
                         (x.shape[-1], self.features))
-    if self.spectral:
-      kernel = kernel / spectral_sigma(self, kernel.T, self.eps, train, used)
+    kernel = kernel / spectral_sigma(self, kernel.T, self.eps, train, used)
     y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       bias_init = self.bias_init or torch_default_bias_init(x.shape[-1])

@@ -1,0 +1,130 @@
+"""Evaluation of a stage's generator while it trains (and at its end).
+
+Generated samples of the stage's classes (uniform labels, fixed z, eval-mode
+BN) are compared with the real images of those classes:
+
+* with Inception weights (`config.eval.inception_dir`, from
+  tools/convert_inception.py): FID, KMMD and IS;
+* offline, with the domain classifier that cgt_jax trains on the real
+  images of every known class (source and new): `domain_fd`, `domain_kmmd`
+  and `class_accuracy` (the fraction of samples generated for class y that
+  the classifier assigns to y, among ALL classes). Never reported as FID.
+
+Reference statistics and the classifier are cached by dataset content.
+"""
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cgt_jax.runtime import parallel
+from cgt_jax.training import steps
+from cgt_jax.evaluation import domain_classifier
+from cgt_jax.evaluation import features
+from cgt_jax.evaluation import stats_cache
+import cgt_jax.evaluation as evaluation_lib
+
+
+def default_cache_dir() -> pathlib.Path:
+  return pathlib.Path.home() / '.cache' / 'cgt_jax'
+
+
+@dataclasses.dataclass
+class StageEvaluator:
+  """Callable `g_variables -> metrics dict` for one stage.
+
+  Attributes:
+    labels: the generator labels of the samples (the stage's classes).
+    scored_labels: the same classes as the feature network knows them (the
+      domain classifier's labels; unused by Inception).
+  """
+  generator: object
+  extractor: features.Extractor
+  reference: stats_cache.ReferenceStats
+  labels: np.ndarray
+  scored_labels: np.ndarray
+  z: jax.Array
+  batch_size: int
+  mesh: object
+
+  def __post_init__(self):
+    self._generate = jax.jit(
+        lambda v, z, y: steps.generate(self.generator, v, z, y))
+
+  def samples(self, g_variables) -> np.ndarray:
+    """uint8 `[n, H, W, 3]` samples in eval mode, generated in batches."""
+    g_variables = jax.device_put(g_variables, parallel.replicated(self.mesh))
+    out = []
+    for start in range(0, len(self.labels), self.batch_size):
+      stop = start + self.batch_size
+      z, labels = self.z[start:stop], jnp.asarray(self.labels[start:stop])
+      if len(labels) % self.mesh.size == 0:  # sharded like training
+        z, labels = jax.device_put((z, labels),
+                                   parallel.data_sharding(self.mesh))
+      else:
+        z, labels = jax.device_put((z, labels), parallel.replicated(self.mesh))
+      images = self._generate(g_variables, z, labels)
+      out.append(
+          np.asarray(jnp.round((images + 1) * 127.5).clip(0, 255), np.uint8))
+    return np.concatenate(out)
+
+  def __call__(self, g_variables) -> dict:
+    results = evaluation_lib.evaluate_samples(
+        self.samples(g_variables),
+        self.scored_labels,
+        self.reference,
+        self.extractor,
+        batch_size=self.batch_size,
+        mesh=self.mesh,
+        progress=False)
+    per_class = results.pop('class_accuracy_per_class', None)
+    metrics = {k: float(v) for k, v in results.items()}
+    if per_class is not None:
+      classes = np.unique(self.scored_labels)
+      metrics['per_class_accuracy'] = [float(per_class[c]) for c in classes]
+    return metrics
+
+
+def _extractor(config, data, cache):
+  """Inception with its weights, else the domain classifier trained (or
+  loaded from the cache) on every class the run knows."""
+  if config.eval.inception_dir:
+    return features.inception_extractor(config.eval.inception_dir)
+  known = data.known_classes()
+  classifier = domain_classifier.load_or_train(
+      known.images, known.labels, known.num_classes, cache,
+      domain_classifier.TrainConfig(steps=config.eval.classifier_steps))
+  return classifier.extractor()
+
+
+def make(config, generator, dataset, data, mesh) -> StageEvaluator:
+  """The evaluator of a stage: `generator`'s samples of the classes of
+  `dataset` (one of `data`'s splits, the generator's labels) scored against
+  its real images (classifier trained or loaded on first use)."""
+  cache = pathlib.Path(config.eval.cache_dir or default_cache_dir())
+  extractor = _extractor(config, data, cache)
+  reference = stats_cache.reference_statistics(
+      dataset.images,
+      dataset.labels,
+      extractor,
+      cache,
+      batch_size=config.eval.batch_size,
+      mesh=mesh,
+      progress=False)
+  n = config.eval.num_samples
+  first, end = dataset.label_range
+  labels = (first + np.arange(n) % (end - first)).astype(np.int32)
+  z = jax.random.normal(jax.random.key(config.seed + 2), (n, generator.dim_z))
+  return StageEvaluator(generator, extractor, reference, labels,
+                        data.known_labels(dataset, labels), z,
+                        config.eval.batch_size, mesh)
+
+
+def best_metric(config) -> tuple:
+  """(metric name, 'min' or 'max') that picks the best checkpoint."""
+  name = config.eval.best_metric or ('fid' if config.eval.inception_dir else
+                                     'domain_fd')
+  return name, 'max' if name in ('class_accuracy', 'is') else 'min'

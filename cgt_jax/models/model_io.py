@@ -1,0 +1,212 @@
+"""Model directories: an architecture (JSON) plus G/D variables (orbax).
+
+This is the format `tools/convert_biggan.py` writes, every training stage
+exports, `config.source_checkpoint` reads and `tools/sample.py` samples from:
+
+    DIR/architecture.json   {"generator": {...}, "discriminator": {...} | null}
+    DIR/variables/          orbax StandardCheckpointer tree
+                            {"generator": {...}, "discriminator": {...}}
+
+The architecture dicts are the keyword arguments of `biggan.Generator` and
+`biggan.Discriminator` (with the generator's `new_classes` form as a dict
+tagged by `form`, see `NEW_CLASS_FORMS`), so a directory alone rebuilds the
+models. A save goes to a temporary sibling first and is renamed
+into place, so a failed save never leaves a half-written directory.
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cgt_jax.models import biggan
+from cgt_jax.models import biggan_deep
+from cgt_jax.models import bsa
+from cgt_jax.models import kp
+
+ARCHITECTURE_FILE = 'architecture.json'
+VARIABLES_DIR = 'variables'
+# The generator's new-class layer forms, by their tag in architecture.json.
+NEW_CLASS_FORMS = {'kp': kp.KPOptions, 'bsa': bsa.FreeVectors}
+
+
+class ModelDirError(ValueError):
+  """A model directory is missing, incomplete or inconsistent."""
+
+
+def build_generator(arch: dict):
+  """A `biggan.Generator` (or BigGAN-deep generator) from its architecture."""
+  if arch.get('family') == biggan_deep.FAMILY:
+    return biggan_deep.from_arch(arch)
+  kwargs = dict(arch)
+  kwargs['new_classes'] = _new_class_form(kwargs)
+  kwargs['attention'] = tuple(kwargs.get('attention', ()))
+  return biggan.Generator(**kwargs)
+
+
+def _new_class_form(kwargs: dict):
+  """The `new_classes` object of an architecture dict (popping its entry).
+
+  Directories written before the BSA layer had its own module describe it
+  as `kp_options` with `propagate: false`.
+  """
+  legacy = kwargs.pop('kp_options', None)
+  if legacy is not None:
+    legacy = dict(legacy)
+    form = {'form': 'kp' if legacy.pop('propagate', True) else 'bsa'}
+    if form['form'] == 'kp':
+      form.update(legacy)
+    kwargs.setdefault('new_classes', form)
+  spec = dict(kwargs.pop('new_classes', {'form': 'kp'}))
+  form = spec.pop('form', 'kp')
+  if form not in NEW_CLASS_FORMS:
+    raise ModelDirError(f'unknown new-class form {form!r} in '
+                        f'{ARCHITECTURE_FILE}: use one of '
+                        f'{list(NEW_CLASS_FORMS)}')
+  return NEW_CLASS_FORMS[form](**spec)
+
+
+def _form_dict(value) -> dict:
+  """`new_classes` as the tagged dict `_new_class_form` reads."""
+  tag = {cls: name for name, cls in NEW_CLASS_FORMS.items()}[type(value)]
+  return {'form': tag, **dataclasses.asdict(value)}
+
+
+def build_discriminator(arch: dict) -> biggan.Discriminator:
+  kwargs = dict(arch)
+  kwargs['attention'] = tuple(kwargs.get('attention', ()))
+  return biggan.Discriminator(**kwargs)
+
+
+def module_arch(module) -> dict:
+  """The JSON-able constructor arguments of a Generator/Discriminator."""
+  arch = {}
+  for field in dataclasses.fields(module):
+    if field.name in ('parent', 'name'):
+      continue
+    value = getattr(module, field.name)
+    if field.name == 'new_classes':
+      value = _form_dict(value)
+    elif isinstance(value, tuple):
+      value = list(value)
+    elif field.name == 'dtype':
+      continue  # a run-time choice, not part of the architecture
+    arch[field.name] = value
+  return arch
+
+
+def abstract_generator_variables(generator: biggan.Generator):
+  z = jnp.zeros((1, generator.dim_z))
+  labels = jnp.zeros((1,), jnp.int32)
+  return jax.eval_shape(lambda: generator.init(jax.random.key(0), z, labels))
+
+
+def abstract_discriminator_variables(discriminator: biggan.Discriminator):
+  res = discriminator.resolution
+  x = jnp.zeros((1, res, res, 3))
+  label = 0 if discriminator.source_projection else discriminator.num_classes
+  labels = jnp.full((1,), label, jnp.int32)
+  return jax.eval_shape(
+      lambda: discriminator.init(jax.random.key(0), x, labels))
+
+
+def save(directory,
+         generator_arch: dict,
+         generator_variables,
+         discriminator_arch: Optional[dict] = None,
+         discriminator_variables=None) -> pathlib.Path:
+  """Writes a model directory atomically (temporary sibling, then rename)."""
+  directory = pathlib.Path(directory).absolute()
+  staging = directory.with_name(directory.name + '.partial')
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir(parents=True)
+  arch = {'generator': generator_arch, 'discriminator': discriminator_arch}
+  (staging / ARCHITECTURE_FILE).write_text(json.dumps(arch, indent=2))
+  tree = {'generator': jax.tree_util.tree_map(np.asarray, generator_variables)}
+  if discriminator_variables is not None:
+    tree['discriminator'] = jax.tree_util.tree_map(np.asarray,
+                                                   discriminator_variables)
+  try:
+    with _no_host_copies():
+      checkpointer = ocp.StandardCheckpointer()
+      checkpointer.save(staging / VARIABLES_DIR, tree)
+      checkpointer.wait_until_finished()
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  if directory.exists():
+    backup = directory.with_name(directory.name + '.old')
+    shutil.rmtree(backup, ignore_errors=True)
+    os.replace(directory, backup)
+    os.replace(staging, directory)
+    shutil.rmtree(backup)
+  else:
+    os.replace(staging, directory)
+  return directory
+
+
+@contextlib.contextmanager
+def _no_host_copies():
+  """Orbax copies every numpy array before an (async) save; `save` waits for
+  the write anyway, so the copy would only add the checkpoint's size to peak
+  memory (ImageNet 128 px G + D: 3.5x -> 2.5x the file size). The previous
+  handler is restored afterwards."""
+  absl_log = logging.getLogger('absl')
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)  # orbax warns on every handler override
+  try:
+    previous = ocp.type_handlers.get_type_handler(np.ndarray)
+    handler = ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)
+  except (AttributeError, TypeError, ValueError):  # an older/newer orbax
+    previous = handler = None
+  try:
+    if handler is not None:
+      ocp.type_handlers.register_type_handler(
+          np.ndarray, handler, override=True)
+    yield
+  finally:
+    if previous is not None:
+      ocp.type_handlers.register_type_handler(
+          np.ndarray, previous, override=True)
+    absl_log.setLevel(level)
+
+
+def load_architecture(directory) -> dict:
+  path = pathlib.Path(directory) / ARCHITECTURE_FILE
+  if not path.is_file():
+    raise ModelDirError(
+        f'{directory} is not a cgt_jax model directory (no {ARCHITECTURE_FILE})'
+        ': point to a directory written by tools/convert_biggan.py or by a '
+        'training stage (WORKDIR/<stage>/model)')
+  return json.loads(path.read_text())
+
+
+def load(directory):
+  """`(generator, discriminator or None, variables)` from a model directory.
+
+  `variables` is `{'generator': ..., 'discriminator': ...}` (numpy arrays).
+  """
+  arch = load_architecture(directory)
+  generator = build_generator(arch['generator'])
+  target = {'generator': abstract_generator_variables(generator)}
+  discriminator = None
+  if arch.get('discriminator'):
+    discriminator = build_discriminator(arch['discriminator'])
+    target['discriminator'] = abstract_discriminator_variables(discriminator)
+  path = pathlib.Path(directory).absolute() / VARIABLES_DIR
+  try:
+    variables = ocp.StandardCheckpointer().restore(path, target)
+  except (FileNotFoundError, ValueError, KeyError) as error:
+    raise ModelDirError(
+        f'{directory}: variables do not match {ARCHITECTURE_FILE} or are '
+        f'incomplete ({type(error).__name__}: {str(error)[:200]})') from None
+  return generator, discriminator, variables

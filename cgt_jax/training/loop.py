@@ -1,0 +1,324 @@
+"""train_and_evaluate(config, workdir): the configured stages, in order.
+
+Workdir layout (one folder per stage):
+
+    WORKDIR/config.json
+    WORKDIR/<stage>/checkpoints/{latest,best}/   orbax, for resuming
+    WORKDIR/<stage>/samples/step_XXXXXXX.png      fixed-z grids, a row a class
+    WORKDIR/<stage>/model/                        the stage's exported models
+    WORKDIR/<stage>/model_ema/                    the EMA generator (EMA on)
+    WORKDIR/<stage>/summary.json                  steps, wall time, metrics
+    WORKDIR/<stage>/events.out.tfevents.*         TensorBoard scalars/images
+
+A stage whose `summary.json` exists is complete and skipped on a rerun; an
+interrupted stage resumes from its newest checkpoint. On several processes
+every process trains and saves (orbax checkpoints are collective); only
+process 0 writes the other files and logs.
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from cgt_jax.analysis import visualize
+from cgt_jax.convert import keymap
+from cgt_jax.data import datasets
+from cgt_jax.data import pipeline
+from cgt_jax.data import splits
+from cgt_jax.evaluation import comparison
+from cgt_jax.evaluation import evaluator as evaluator_lib
+from cgt_jax.models import model_io
+from cgt_jax.runtime import parallel
+from cgt_jax.training import checkpointing
+from cgt_jax.training import reporting
+from cgt_jax.training import state as state_lib
+from cgt_jax.training import steps
+from cgt_jax.transfer import methods
+from cgt_jax.transfer import stages
+
+
+class TrainingDiverged(RuntimeError):
+  """A loss became NaN or infinite."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; the state was saved."""
+
+
+# Mistakes a user can fix: commands report them in one line, no traceback.
+USER_ERRORS = (stages.ConfigError, datasets.DatasetError,
+               model_io.ModelDirError, keymap.StateDictMismatchError,
+               methods.MethodError, TrainingDiverged)
+
+
+def train_and_evaluate(config, workdir) -> pathlib.Path:
+  """Runs the stages of `config`; returns the last stage's model directory."""
+  plan = stages.resolve(config)
+  workdir = pathlib.Path(workdir).absolute()
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(
+        plan.config.to_json_best_effort(indent=2))
+  mesh = parallel.make_mesh()
+  data = splits.load(
+      plan.config.data,
+      need_source=plan.needs_source_data,
+      resolution=plan.config.model.resolution,
+      target_first_label=plan.target_first_label())
+  previous = plan.source_checkpoint
+  for stage in plan.stages:
+    previous = run_stage(stage, plan, workdir, mesh, data, previous)
+  if jax.process_index() == 0:
+    _write_comparison(workdir, plan.stages[-1])
+  return pathlib.Path(previous)
+
+
+def _write_comparison(workdir, stage):
+  """comparison.{md,png}: the last stage's metric over training."""
+  if (workdir / stage / 'eval_history.json').exists():
+    comparison.compare([workdir], stage=stage, out=workdir)
+
+
+def run_stage(stage, plan, workdir, mesh, data, previous_model):
+  """Trains one stage (resuming if possible); returns its model directory."""
+  stage_dir = workdir / stage
+  summary_file = stage_dir / 'summary.json'
+  if summary_file.exists():
+    logging.info('[%s] already complete (%s); skipping', stage, summary_file)
+    return stage_dir / 'model'
+  spec = stages.stage_spec(stage, plan, data, previous_model)
+  state = state_lib.create(spec.setup, spec.g_variables, spec.d_variables,
+                           plan.config.seed)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  evaluate = None
+  if plan.config[stage].eval_every or plan.config.eval.final:
+    evaluate = evaluator_lib.make(plan.config, spec.generator, spec.dataset,
+                                  data, mesh)
+  metric, mode = evaluator_lib.best_metric(plan.config)
+  checkpoints = checkpointing.StageCheckpoints(
+      stage_dir / 'checkpoints',
+      best_metric=metric if evaluate else '',
+      best_mode=mode)
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore_latest(
+        checkpointing.abstract_like(state, parallel.replicated(mesh)))
+    logging.info('[%s] resumed from step %d', stage, int(state.step))
+  run = _StageRun(spec, plan.config, plan.config[stage], mesh, checkpoints,
+                  reporting.make_writer(stage_dir), stage_dir, evaluate)
+  start = time.perf_counter()
+  try:
+    state, metrics = _loop(run, state)
+  finally:
+    checkpoints.close()
+    run.writer.flush()
+  return _export(run, state, metrics, time.perf_counter() - start)
+
+
+@dataclasses.dataclass
+class _StageRun:
+  """What the loop of one stage works with."""
+  spec: stages.StageSpec
+  config: object
+  stage_config: object
+  mesh: object
+  checkpoints: checkpointing.StageCheckpoints
+  writer: object
+  stage_dir: pathlib.Path
+  evaluate: object
+
+  @property
+  def stage(self) -> str:
+    return self.spec.stage
+
+
+def _loop(run, state):
+  """The step loop: no host sync except at log/sample/eval/checkpoint steps."""
+  c, setup = run.stage_config, run.spec.setup
+  sampler = pipeline.BatchSampler(
+      run.spec.dataset,
+      setup.real_per_step,
+      seed=run.config.data.seed + run.config.seed)
+  sharding = parallel.data_sharding(run.mesh)
+  train_step = steps.make_train_step(setup, run.mesh)
+  sample_grid = _grid_sampler(setup, run.config)
+  progress = reporting.Progress(run.stage, c.num_steps, run.writer, c.log_every)
+  preemption = checkpointing.Preemption(run.checkpoints)
+  metrics = {}
+  try:
+    for step in range(int(state.step), c.num_steps):
+      images, labels = sampler.process_batch(step)
+      state, metrics = train_step(state,
+                                  pipeline.to_device(images, labels, sharding))
+      done = step + 1
+      progress(done)
+      if done % c.log_every == 0 or done == c.num_steps:
+        scalars = _checked(metrics, done, run)
+        run.writer.write_scalars(done, scalars)
+        progress.log(done, scalars)
+      _periodic(run, state, metrics, done, sample_grid, preemption)
+  finally:
+    preemption.close()
+  _finish(run, state, sample_grid)
+  return state, _host_means(metrics)
+
+
+def _periodic(run, state, metrics, done, sample_grid, preemption):
+  """Grids, evaluations and checkpoints due at step `done`."""
+  c = run.stage_config
+  if _due(c.sample_every, done):
+    _write_samples(sample_grid, state, done, run)
+  if _due(c.eval_every, done):
+    _evaluate(run, state, done)
+  stop = preemption.reached(done)
+  if _due(c.checkpoint_every, done) or stop:
+    _checked(metrics, done, run)
+    run.checkpoints.save(done, state)
+  if stop:
+    run.checkpoints.close()  # the save is on disk before the process exits
+    raise Preempted(f'[{run.stage}] stopped by SIGTERM at step {done}; '
+                    f'state saved in {run.stage_dir}/checkpoints: rerun '
+                    'the same command to resume')
+
+
+def _due(every: int, step: int) -> bool:
+  return bool(every) and step % every == 0
+
+
+def _finish(run, state, sample_grid):
+  """Final checkpoint, grid and evaluation, unless the loop just did them."""
+  c, last = run.stage_config, run.stage_config.num_steps
+  if run.checkpoints.latest_step() != last:
+    run.checkpoints.save(last, state)
+  if not _due(c.sample_every, last):
+    _write_samples(sample_grid, state, last, run)
+  if run.evaluate is not None and not _due(c.eval_every, last):
+    _evaluate(run, state, last)
+
+
+def _evaluate(run, state, step):
+  """Evaluates, logs, keeps the best checkpoint, appends to the history."""
+  if run.evaluate is None:
+    return None
+  start = time.perf_counter()
+  results = run.evaluate(state.g_variables())
+  scalars = {k: v for k, v in results.items() if not isinstance(v, list)}
+  run.writer.write_scalars(step, {f'eval/{k}': v for k, v in scalars.items()})
+  run.checkpoints.save_if_best(step, state, scalars)
+  if jax.process_index() == 0:
+    history_file = run.stage_dir / 'eval_history.json'
+    history = (
+        json.loads(history_file.read_text()) if history_file.exists() else [])
+    history = [h for h in history if h['step'] < step]  # a resumed run redoes
+    history.append({'step': step, 'wall_time': time.time(), **results})
+    history_file.write_text(json.dumps(history, indent=1))
+  shown = ', '.join(f'{k} {v:.4g}' for k, v in scalars.items())
+  logging.info('[%s] eval at step %d: %s (%.0fs)', run.stage, step, shown,
+               time.perf_counter() - start)
+  return results
+
+
+def _host_means(metrics) -> dict:
+  """The step's per-chunk metrics as floats, averaged over the chunks."""
+  return {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def _checked(metrics, step, run) -> dict:
+  """Metrics on the host; stops training on a NaN/inf loss."""
+  scalars = _host_means(metrics)
+  bad = sorted(k for k, v in scalars.items() if not np.isfinite(v))
+  if bad:
+    last = run.checkpoints.latest_step()
+    kept = (f'the last good checkpoint (step {last}) is kept in '
+            f'{run.stage_dir}/checkpoints'
+            if last is not None else 'no checkpoint was written yet')
+    raise TrainingDiverged(
+        f'non-finite {", ".join(bad)} at step {step}; {kept}. Lower the '
+        'learning rates (g_lr/d_lr) or check the data, then rerun')
+  return scalars
+
+
+def _grid_sampler(setup, config):
+  """A jitted `variables -> images` for a fixed grid of z, one class a row."""
+  low, high = setup.fake_labels
+  rows = np.unique(
+      np.linspace(low, high - 1, min(config.sample.max_rows,
+                                     high - low)).round())
+  cols = config.sample.columns
+  labels = np.repeat(rows.astype(np.int32), cols)
+  z = jax.random.normal(
+      jax.random.key(config.seed + 1), (labels.shape[0], setup.generator.dim_z))
+  train_mode = config.sample.train_mode
+
+  @jax.jit
+  def sample(variables):
+    out = steps.generate(setup.generator, variables, z, labels, train_mode)
+    return out[0] if train_mode else out
+
+  sample.rows = len(rows)
+  return sample
+
+
+def _write_samples(sample_grid, state, step, run):
+  picture = visualize.grid(sample_grid(state.g_variables()), sample_grid.rows)
+  run.writer.write_images(step, {'samples': picture[None]})
+  if jax.process_index() == 0:
+    visualize.save_png(picture,
+                       run.stage_dir / 'samples' / f'step_{step:07d}.png')
+
+
+def _eval_summary(stage_dir, config) -> dict:
+  """The final evaluation and the best one (with its iteration), if any."""
+  history_file = stage_dir / 'eval_history.json'
+  if not history_file.exists():
+    return {}
+  history = json.loads(history_file.read_text())
+  metric, mode = evaluator_lib.best_metric(config)
+  pick = min if mode == 'min' else max
+  best = pick(history, key=lambda h: h.get(metric, float('nan')))
+  return {
+      'final_eval': history[-1],
+      'best_eval': {
+          'metric': metric,
+          'step': best['step'],
+          'value': best.get(metric)
+      },
+      'evaluations': len(history)
+  }
+
+
+def _export(run, state, metrics, seconds):
+  """Writes the stage's model directories and summary (marks it complete)."""
+  spec, stage_dir = run.spec, run.stage_dir
+  generator_arch = model_io.module_arch(spec.generator)
+  model_dir = model_io.save(stage_dir / 'model', generator_arch,
+                            state.g_variables(),
+                            model_io.module_arch(spec.discriminator),
+                            state.d_variables())
+  ema = {}
+  if state.g_ema:
+    model_io.save(stage_dir / 'model_ema', generator_arch, state.g_ema)
+    if run.evaluate is not None:
+      ema = {'final_eval_ema': run.evaluate(state.g_ema)}
+  if jax.process_index() == 0:
+    summary = {
+        'stage': spec.stage,
+        'steps': int(state.step),
+        'wall_seconds': round(seconds, 1),
+        'final_metrics': metrics,
+        'method': run.config.method,
+        'classes': spec.class_names,
+        'first_label': spec.label_range[0],
+        'trainable_parameters': spec.trainable_counts(),
+        **_eval_summary(stage_dir, run.config),
+        **ema,
+    }
+    (stage_dir / 'summary.json').write_text(json.dumps(summary, indent=2))
+  parallel.sync('export ' + str(stage_dir))
+  logging.info('[%s] done: %d steps in %.0fs; model in %s', spec.stage,
+               int(state.step), seconds, model_dir)
+  return model_dir

@@ -1,0 +1,101 @@
+"""Which parameters train: every generator parameter in exactly one group.
+
+A method (`cgt_jax.transfer.methods`) names, per stage, the groups that
+train; `generator_mask` turns that into the boolean tree optax freezes by.
+A parameter that no group (or more than one) claims is an error, so adding
+a layer without deciding whether it trains fails loudly instead of
+silently training or freezing it.
+
+Groups of the source BigGAN are matched on BigGAN's own layer names; the
+new-class layers' groups come from the layers themselves (`kp.part_of`,
+`bsa.part_of`), the one home of their names.
+
+The authors' `requires_grad` toggling, in these terms:
+
+* pretraining: `SOURCE` (everything of a BigGAN);
+* KP transfer (their stage `BN`): `KNOWLEDGE_PROPAGATION` (similarity,
+  prior, z projection, residuals), minus the prior for the "frozen prior"
+  ablation;
+* fine-tuning (their stage `FT`): all but similarity and prior.
+"""
+
+import re
+from typing import Mapping
+
+from flax import traverse_util
+
+from cgt_jax.models import bsa
+from cgt_jax.models import kp
+
+# Groups of a plain BigGAN generator, by layer name.
+SOURCE_GROUPS = {
+    'shared_embedding': r'^shared/',
+    'z_linear': r'^linear/',
+    'convolutions': r'^block_\d+/conv(1|2|_sc)/',
+    'source_bn': r'^block_\d+/bn\d+/(gain|bias)/',
+    'attention': r'^attention_\d+/',
+    'output': r'^output_(bn|conv)/',
+}
+# Groups of the new-class layers.
+_KP_GROUPS = {
+    kp.Part.SIMILARITY: 'similarity',
+    kp.Part.PRIOR: 'prior',
+    kp.Part.Z_PROJECTION: 'z_projection',
+    kp.Part.RESIDUAL: 'residual',
+}
+_BSA_GROUPS = {
+    kp.Part.RESIDUAL: 'class_vectors',
+    kp.Part.Z_PROJECTION: 'z_projection',
+}
+
+SOURCE = frozenset(SOURCE_GROUPS)
+KNOWLEDGE_PROPAGATION = frozenset(_KP_GROUPS.values())
+BSA_VECTORS = frozenset(_BSA_GROUPS.values())
+
+
+def group_of(path: str) -> str:
+  """The one group a `/`-joined generator parameter path belongs to."""
+  hits = []
+  part = kp.part_of(path)
+  if part is not None:
+    hits.append(_KP_GROUPS[part])
+  part = bsa.part_of(path)
+  if part is not None:
+    hits.append(_BSA_GROUPS[part])
+  hits += [
+      name for name, rule in SOURCE_GROUPS.items() if re.search(rule, path)
+  ]
+  if len(hits) != 1:
+    what = 'no group' if not hits else f'several groups {hits}'
+    raise ValueError(f'parameter {path!r} matches {what} of '
+                     'cgt_jax.transfer.groups: add or fix a rule')
+  return hits[0]
+
+
+def generator_mask(params: Mapping, trained: frozenset) -> dict:
+  """A pytree like `params`, True where the parameter's group trains."""
+  unknown = set(trained) - SOURCE - KNOWLEDGE_PROPAGATION - BSA_VECTORS
+  if unknown:
+    raise ValueError(f'unknown generator groups {sorted(unknown)}')
+  flat = traverse_util.flatten_dict(dict(params), sep='/')
+  return traverse_util.unflatten_dict(
+      {path: group_of(path) in trained for path in flat}, sep='/')
+
+
+def discriminator_mask(params: Mapping, frozen_blocks: int = 0) -> dict:
+  """True where a discriminator parameter trains (FreezeD: the lowest blocks
+  and the attention that follows them stay frozen)."""
+
+  def trains(path):
+    match = re.match(r'^(block|attention)_(\d+)/', path)
+    return not (match and int(match.group(2)) < frozen_blocks)
+
+  flat = traverse_util.flatten_dict(dict(params), sep='/')
+  return traverse_util.unflatten_dict({p: trains(p) for p in flat}, sep='/')
+
+
+def count_trained(params: Mapping, mask: Mapping) -> int:
+  """Scalars of `params` whose mask entry is True."""
+  flat = traverse_util.flatten_dict(dict(params), sep='/')
+  flat_mask = traverse_util.flatten_dict(dict(mask), sep='/')
+  return int(sum(v.size for k, v in flat.items() if flat_mask[k]))

@@ -1,0 +1,439 @@
+"""Transfer methods: knowledge propagation and its baselines, as objects.
+
+`config.method` names how the `transfer` stage teaches the source BigGAN
+the new classes. `resolve` turns it, once, into a `Method` object that owns
+everything that differs between methods; the loop, data, losses' plumbing
+and evaluation are shared:
+
+| method      | the transfer stage trains               | G trains       | D |
+|-------------|-----------------------------------------|----------------|---|
+| scratch     | a fresh BigGAN of the M new classes     | everything     | fresh, all |
+| transfergan | the source + M class-table rows         | everything     | all |
+| freezed     | as transfergan                          | everything     | low k frozen |
+| bsa         | the source + free per-class BN vectors  | those vectors  | all |
+| kp          | the source + knowledge propagation      | the KP layers  | all |
+
+A method object says:
+
+* `models(source, context)`: the generator and discriminator the transfer
+  stage starts from, with their variables (weight surgery:
+  `cgt_jax.transfer.surgery`); a module in front of G, an unconditional
+  source or another D head is a matter of what this returns;
+* `generator_groups(stage)` / `frozen_d_blocks`: what trains
+  (`cgt_jax.transfer.groups`);
+* `losses(stage_config)`: its D and G losses (`cgt_jax.training.losses`);
+* `stages(requested)`: which stages apply to it.
+
+Adding a method is one subclass here (or a module beside it) plus its tests.
+Variants are named sets of config switches on a method: the paper's Table 2
+ablations and `kp_finetune` (KP, then fine-tuning, sec. 5.4 / Table 3).
+"""
+
+import copy
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from cgt_jax.models import biggan
+from cgt_jax.models import bsa
+from cgt_jax.models import kp
+from cgt_jax.models import variables as variables_lib
+from cgt_jax.training import losses as losses_lib
+from cgt_jax.transfer import groups
+from cgt_jax.transfer import surgery
+
+STAGES = ('pretrain', 'transfer', 'finetune')
+
+
+class MethodError(ValueError):
+  """An unknown method or an option it cannot take; names the fix."""
+
+
+@dataclasses.dataclass
+class Models:
+  """A stage's networks and the variables they start from."""
+  generator: Any
+  discriminator: Any
+  g_variables: dict
+  d_variables: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+  """What a method needs to build its models.
+
+  Attributes:
+    num_new: M, the new classes.
+    seed: the run's seed (fresh initialisation).
+    dtype: the compute dtype of the modules.
+    fresh: `num_classes -> Models`, the configured BigGAN from scratch.
+  """
+  num_new: int
+  seed: int
+  dtype: Any
+  fresh: Callable
+
+
+def fresh_variables(generator, discriminator, seed: int) -> tuple:
+  """Freshly initialised variables of both networks (jitted init)."""
+  labels = jnp.full((2,), generator.num_labels - 1, jnp.int32)
+  z = jnp.zeros((2, generator.dim_z))
+  res = discriminator.resolution
+  key_g, key_d = jax.random.split(jax.random.key(seed))
+  g_vars = jax.jit(generator.init)(key_g, z, labels)
+  d_vars = jax.jit(discriminator.init)(key_d, jnp.zeros((2, res, res, 3)),
+                                       labels)
+  return g_vars, d_vars
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A way to learn the new classes (subclasses fill in the hooks).
+
+  Attributes:
+    name: the `config.method` value of the base method.
+    summary: one line for tables and --help.
+  """
+  name: str
+  summary: str
+
+  # Whether the transfer stage starts from a pretrained source model.
+  uses_source = True
+  # Whether a fine-tuning stage (sec. 5.4) can follow: it needs a
+  # new-class layer to keep apart from the source generator.
+  can_finetune = False
+
+  @classmethod
+  def from_config(cls, name: str, summary: str, config) -> 'Method':
+    """The method with its options read from a configured config."""
+    del config
+    return cls(name, summary)
+
+  def check(self, config) -> None:
+    """Raises MethodError for options that cannot work, naming the fix."""
+    del config
+
+  def stages(self, requested: tuple) -> tuple:
+    """The requested stages that apply to this method, in order."""
+    dropped = set()
+    if not self.uses_source:
+      dropped.add('pretrain')  # nothing to pretrain
+    if not self.can_finetune:
+      dropped.add('finetune')  # no new-class layer to fine-tune around
+    return tuple(s for s in requested if s not in dropped)
+
+  def models(self, source: Optional[Models], context: BuildContext) -> Models:
+    """The transfer stage's networks and starting variables."""
+    raise NotImplementedError
+
+  def generator_groups(self, stage: str) -> frozenset:
+    """The generator groups (`transfer.groups`) that train in `stage`
+    ('transfer', or 'finetune' when `can_finetune`)."""
+    raise NotImplementedError
+
+  def frozen_d_blocks(self) -> int:
+    """How many of the lowest D blocks stay frozen in the transfer stage."""
+    return 0
+
+  def losses(self, stage_config):
+    """The D and G losses of the method's stages (`training.losses`)."""
+    del stage_config
+    return losses_lib.Hinge()
+
+  def _extended(self, source: Models, generator, context: BuildContext,
+                g_variables: Callable) -> Models:
+    """Source G/D grown to the new classes; `g_variables(fresh_g)` builds
+    G's starting variables, D gets a fresh projection table (`new_embed`),
+    as cGANTransfer's D does."""
+    discriminator = source.discriminator.clone(
+        num_new_classes=context.num_new, dtype=context.dtype)
+    fresh_g, fresh_d = fresh_variables(generator, discriminator, context.seed)
+    d_vars = variables_lib.merge(source.d_variables, fresh_d, 'discriminator')
+    return Models(generator, discriminator, g_variables(fresh_g), d_vars)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scratch(Method):
+  """A fresh BigGAN of the new classes only (labels 0..M-1)."""
+  uses_source = False
+
+  def models(self, source, context):
+    del source
+    return context.fresh(context.num_new)
+
+  def generator_groups(self, stage):
+    return groups.SOURCE
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassExtension(Method):
+  """TransferGAN: a plain BigGAN with M more class rows, all of G and D
+  training. FreezeD is this with its lowest D blocks frozen."""
+  new_class_init: str = 'mean'
+  frozen_blocks: int = 0
+
+  @classmethod
+  def from_config(cls, name, summary, config):
+    return cls(name, summary, config.method_options.new_class_init)
+
+  def frozen_d_blocks(self):
+    return self.frozen_blocks
+
+  def models(self, source, context):
+    num_source = source.generator.num_classes
+    generator = source.generator.clone(
+        num_classes=num_source + context.num_new, dtype=context.dtype)
+    return self._extended(
+        source, generator, context, lambda fresh: surgery.extend_class_tables(
+            source.g_variables, fresh, num_source, self.new_class_init))
+
+  def generator_groups(self, stage):
+    return groups.SOURCE
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenDiscriminatorBlocks(ClassExtension):
+  """FreezeD: TransferGAN with `method_options.frozen_d_blocks` of the
+  lowest D blocks (each with the attention after it) frozen."""
+
+  @classmethod
+  def from_config(cls, name, summary, config):
+    options = config.method_options
+    return cls(name, summary, options.new_class_init, options.frozen_d_blocks)
+
+  def check(self, config):
+    blocks = len(biggan.D_ARCH.get(config.model.resolution, ((), ()))[1])
+    if not 0 <= self.frozen_blocks <= blocks:
+      raise MethodError(
+          f'config.method_options.frozen_d_blocks={self.frozen_blocks}: '
+          f'the {config.model.resolution} px discriminator has {blocks} '
+          f'blocks; freeze 0..{blocks} of them')
+
+
+@dataclasses.dataclass(frozen=True)
+class FreeVectors(Method):
+  """BSA: a frozen G, free per-class BN scale/shift vectors."""
+  bsa_start: str = 'mean'
+  can_finetune = True
+
+  @classmethod
+  def from_config(cls, name, summary, config):
+    return cls(name, summary, config.method_options.bsa_start)
+
+  def models(self, source, context):
+    generator = source.generator.clone(
+        num_new_classes=context.num_new,
+        new_classes=bsa.FreeVectors(),
+        dtype=context.dtype)
+
+    def variables(fresh):
+      started = surgery.init_from_source(source.g_variables, fresh)
+      return surgery.start_bsa_vectors(started, self.bsa_start,
+                                       generator.sn_eps)
+
+    return self._extended(source, generator, context, variables)
+
+  def generator_groups(self, stage):
+    if stage == 'finetune':
+      return groups.SOURCE | groups.BSA_VECTORS
+    return groups.BSA_VECTORS
+
+
+@dataclasses.dataclass(frozen=True)
+class KnowledgePropagation(Method):
+  """cGANTransfer: new classes' BN parameters propagated from the source
+  classes' (similarity, updatable prior, residuals; eq. 5-7)."""
+  options: kp.KPOptions = kp.KPOptions()
+  update_prior: bool = True
+  can_finetune = True
+
+  @classmethod
+  def from_config(cls, name, summary, config):
+    return cls(
+        name,
+        summary,
+        kp.KPOptions(config.model.use_residuals,
+                     config.model.shared_similarity),
+        update_prior=config.transfer.update_prior)
+
+  def models(self, source, context):
+    generator = source.generator.clone(
+        num_new_classes=context.num_new,
+        new_classes=self.options,
+        dtype=context.dtype)
+    return self._extended(
+        source, generator, context,
+        lambda fresh: surgery.init_from_source(source.g_variables, fresh))
+
+  def generator_groups(self, stage):
+    if stage == 'finetune':  # paper sec. 5.4: all but similarity and prior
+      return groups.SOURCE | {'z_projection', 'residual'}
+    if self.update_prior:
+      return groups.KNOWLEDGE_PROPAGATION
+    return groups.KNOWLEDGE_PROPAGATION - {'prior'}
+
+  def losses(self, stage_config):
+    return losses_lib.KnowledgePropagationHinge(stage_config.similarity_l1,
+                                                stage_config.residual_l2)
+
+
+# ----------------------------------------------------------------------------
+# The registry: methods, and variants (named config switches on a method).
+# ----------------------------------------------------------------------------
+
+METHODS = {
+    'scratch': (Scratch, 'BigGAN trained from scratch on the new classes only'),
+    'transfergan':
+        (ClassExtension, 'fine-tune all of G and D (Wang et al. 2018)'),
+    'freezed': (FrozenDiscriminatorBlocks,
+                'fine-tune with the lowest D blocks frozen (Mo et al. 2020)'),
+    'bsa': (FreeVectors,
+            'frozen G, free per-class BN scale/shift (Noguchi & Harada 2019)'),
+    'kp': (KnowledgePropagation, 'knowledge propagation (cGANTransfer, ours)'),
+}
+
+
+def _add_finetune(stages):
+  return tuple(stages) + (() if 'finetune' in stages else ('finetune',))
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A named set of switches on a method (an ablation or a stage chain).
+
+  Attributes:
+    base: the method it configures.
+    summary: one line for tables.
+    switches: `(dotted config key, value)` pairs; a value may be a function
+      of the current value.
+    continues: in a comparison of methods, the method whose transferred
+      model this variant continues from (its own stages run after that
+      method's transfer), or None.
+  """
+  base: str
+  summary: str
+  switches: tuple
+  continues: Optional[str] = None
+
+
+_NO_KP_REGULARISERS = (('transfer.similarity_l1', 0.0), ('transfer.residual_l2',
+                                                         0.0))
+_FROZEN_PRIOR = ('transfer.update_prior', False)
+_NO_RESIDUALS = ('model.use_residuals', False)
+VARIANTS = {
+    'kp_frozen_prior_no_res':
+        Variant('kp', 'Table 2: frozen prior, without residuals',
+                (_FROZEN_PRIOR, _NO_RESIDUALS)),
+    'kp_frozen_prior':
+        Variant('kp', 'Table 2: frozen prior, with residuals',
+                (_FROZEN_PRIOR,)),
+    'kp_no_res':
+        Variant('kp', 'Table 2: tunable prior, without residuals',
+                (_NO_RESIDUALS,)),
+    'kp_shared_w_no_res':
+        Variant('kp',
+                'Table 2: shared similarity W, tunable prior, w/o residuals',
+                (('model.shared_similarity', True), _NO_RESIDUALS)),
+    'kp_no_reg':
+        Variant('kp', 'Table 2: final architecture without regularisation',
+                _NO_KP_REGULARISERS),
+    'kp_no_l1':
+        Variant('kp', 'Table 2: final architecture without the L1 term',
+                (('transfer.similarity_l1', 0.0),)),
+    'kp_no_l2':
+        Variant('kp', 'Table 2: final architecture without the L2 term',
+                (('transfer.residual_l2', 0.0),)),
+    'kp_finetune':
+        Variant(
+            'kp',
+            'kp, then fine-tuning all but similarity and prior (sec. 5.4)',
+            (('stages', _add_finetune),),
+            continues='kp'),
+}
+TABLE2_ABLATIONS = ('kp_frozen_prior_no_res', 'kp_frozen_prior', 'kp_no_res',
+                    'kp_shared_w_no_res', 'kp_no_reg', 'kp_no_l1', 'kp_no_l2',
+                    'kp')
+NAMES = tuple(METHODS) + tuple(VARIANTS)
+# Method groups of the comparison command.
+GROUPS = {
+    'baselines': tuple(METHODS),
+    'table2': TABLE2_ABLATIONS,
+    'all': NAMES,
+}
+
+
+def _check_name(name: str):
+  if name not in NAMES:
+    raise MethodError(f'config.method={name!r} is not a method: use one of '
+                      f'{list(NAMES)}')
+
+
+def base_name(name: str) -> str:
+  """The method a name (method or variant) configures."""
+  _check_name(name)
+  return VARIANTS[name].base if name in VARIANTS else name
+
+
+def summary(name: str) -> str:
+  _check_name(name)
+  return VARIANTS[name].summary if name in VARIANTS else METHODS[name][1]
+
+
+def continues_from(name: str) -> Optional[str]:
+  """The method a variant's comparison run continues from (else None)."""
+  _check_name(name)
+  return VARIANTS[name].continues if name in VARIANTS else None
+
+
+def _set(config, dotted: str, value: Any):
+  """Sets `config.a.b` from 'a.b'; a callable value maps the old value."""
+  *parents, leaf = dotted.split('.')
+  node = config
+  for part in parents:
+    node = node[part]
+  if callable(value):
+    value = value(node[leaf])
+  node[leaf] = value
+
+
+def configure(config):
+  """A copy of `config` with its method's switches and overrides applied.
+
+  Order: the variant's switches, then the user's
+  `config.method_overrides.<base method>` and `.<variant>` (fields of the
+  transfer stage). Applying it twice gives the same config.
+  """
+  name = config.method
+  base = base_name(name)
+  config = copy.deepcopy(config)
+  for key, value in VARIANTS[name].switches if name in VARIANTS else ():
+    _set(config, key, value)
+  overrides = config.get('method_overrides', {})
+  for key in dict.fromkeys((base, name)):
+    if key in overrides:
+      config.transfer.update(overrides[key])
+  return config
+
+
+def build(config) -> Method:
+  """The method object of a configured config (`configure`)."""
+  base = base_name(config.method)
+  cls, text = METHODS[base]
+  method = cls.from_config(base, text, config)
+  method.check(config)
+  return method
+
+
+def names_of(text: str) -> list:
+  """Method names from a comma list with groups expanded, each once."""
+  names = []
+  for item in filter(None, (t.strip() for t in text.split(','))):
+    names.extend(GROUPS.get(item, (item,)))
+  unknown = [n for n in names if n not in NAMES]
+  if unknown or not names:
+    raise MethodError(
+        f'--methods: unknown {unknown or "(empty)"}; use names from '
+        f'{list(NAMES)} or the groups {list(GROUPS)}')
+  return list(dict.fromkeys(names))
