@@ -8,8 +8,6 @@ it is not the obvious one.
 import ml_collections
 
 STAGES = ('pretrain', 'transfer', 'finetune')
-# What each stage trains in the generator (see cgt_jax/trainable.py).
-STAGE_MASKS = {'pretrain': 'pretrain', 'transfer': 'bn', 'finetune': 'ft'}
 
 
 def stage_config(num_steps: int) -> ml_collections.ConfigDict:
@@ -64,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.source_checkpoint = ''
   config.dtype = 'float32'  # 'bfloat16' for accelerators
 
-  # How the transfer stage learns the new classes (cgt_jax/methods.py):
+  # How the transfer stage learns the new classes (cgt_jax/transfer/methods.py):
   # 'kp' (ours), a baseline ('scratch', 'transfergan', 'freezed', 'bsa') or
   # a variant ('kp_finetune', the Table 2 ablations such as 'kp_no_l1').
   config.method = 'kp'

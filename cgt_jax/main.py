@@ -23,14 +23,25 @@ config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_bool(
     'distributed', False, 'Multi-host: call '
-    'jax.distributed.initialize() first (TPU pods, SLURM, ...).')
+    'jax.distributed.initialize() first (TPU pods, SLURM, ... find the '
+    'values below themselves).')
+flags.DEFINE_string(
+    'coordinator_address', None, 'With --distributed elsewhere: host:port '
+    'of process 0, the same on every process.')
+flags.DEFINE_integer('num_processes', None, 'With --distributed elsewhere.')
+flags.DEFINE_integer('process_id', None, 'With --distributed elsewhere: '
+                     '0..num_processes-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  process.configure(distributed=FLAGS.distributed)
+  process.configure(
+      distributed=FLAGS.distributed,
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id)
   logging.info('cgt_jax: %d device(s) (%s), %d process(es)', jax.device_count(),
                jax.devices()[0].platform, jax.process_count())
   try:

@@ -70,7 +70,7 @@ def get_config():
   f.num_steps = 300
   f.g_lr = 2e-4
 
-  # Baselines (python -m cgt_jax.experiments.compare): methods that train
+  # Baselines (python tools/compare_methods.py): methods that train
   # every G weight use the reference's G learning rate, not KP's 10x one;
   # scratch also needs the pretraining D learning rate to learn anything.
   config.method_overrides.transfergan = {'g_lr': 2e-4}

@@ -1,11 +1,29 @@
-"""Test setup: 8 fake CPU devices (for sharding tests) and full precision."""
+"""Test setup: 8 fake CPU devices (for sharding tests) and full precision.
+
+The suite runs on two workers (pytest-xdist, `-n 2` in setup.cfg): the
+tests are mostly XLA compilations, which use one core each. The workers
+and the programs the tests start (the multi-host and CLI tests) share one
+persistent compilation cache, so a program compiled once is a cache hit
+everywhere else.
+"""
 
 import os
+import pathlib
 import tempfile
 
 # Must be set before jax initialises its backends.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One cache per test run, shared by its workers (xdist names the run) and,
+# through the environment, by the processes the tests start.
+_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+_CACHE = os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(
+    pathlib.Path(tempfile.gettempdir()) /
+    f'cgt_jax_xla_cache_{_RUN}' if _RUN else tempfile.mkdtemp(
+        prefix='cgt_jax_xla_cache_'))
+os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 # The suite is an entry point too: XLA:CPU's kernels as the programs use
 # them (`cgt_jax.runtime.process.configure` does this and more).
@@ -14,14 +32,26 @@ from cgt_jax.runtime import xla_cpu  # noqa: E402
 xla_cpu.add_default_flags()
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
-# Many tests compile the same tiny programs: a session-wide persistent cache
-# turns the repeats into cache hits (XLA:CPU compiles are slow here).
-jax.config.update('jax_compilation_cache_dir',
-                  tempfile.mkdtemp(prefix='cgt_jax_xla_cache_'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+# Many tests compile the same tiny programs: the persistent cache above
+# turns the repeats into cache hits (XLA:CPU compiles are slow here). Every
+# program is cached: a tiny run compiles ~140 of 0.2 s each (inits, eager
+# weight surgery), together more than its train steps.
+jax.config.update('jax_compilation_cache_dir', _CACHE)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 # The test models are tiny: XLA's optimisation passes cost far more compile
 # time than they save at run time (about 3x faster compiles).
 jax.config.update('jax_disable_most_optimizations', True)
+
+
+@pytest.fixture(scope='session')
+def eval_cache() -> pathlib.Path:
+  """One evaluation cache for the run's tiny jobs (the domain classifier and
+  reference statistics of the same tiny data), shared by the workers."""
+  path = pathlib.Path(
+      tempfile.gettempdir()) / (f'cgt_jax_eval_cache_{_RUN or os.getpid()}')
+  path.mkdir(exist_ok=True)
+  return path

@@ -1,4 +1,6 @@
-"""tools/compare.py (table, plot, errors) and cgt_jax.evaluate's errors."""
+"""tools/compare.py (table, plot, errors), tools/evaluate.py's and
+tools/compare_methods.py's errors, and the tools' shared command line
+(cgt_jax.runtime.cli)."""
 
 import json
 
@@ -7,13 +9,19 @@ import pytest
 from PIL import Image
 
 from cgt_jax.evaluation import comparison
-from cgt_jax.evaluation import saved_stage
 from tests import reference_cases as rc
+
+DEMO_CONFIG = rc.FIXTURES.parent.parent / 'configs' / 'demo.py'
 
 
 @pytest.fixture(scope='module')
 def compare():
   return rc.load_tool('compare')
+
+
+@pytest.fixture(scope='module')
+def evaluate():
+  return rc.load_tool('evaluate')
 
 
 def _fake_run(root, name, steps, metrics, wall_seconds, stage='transfer'):
@@ -129,28 +137,88 @@ def test_missing_metric(compare, runs, tmp_path, capsys):
   assert 'domain_fd' in err and 'per_class_accuracy' not in err
 
 
-def test_evaluate_missing_workdir(tmp_path, capsys):
-  assert saved_stage.main(['--workdir', str(tmp_path / 'nope')]) == 2
+def test_evaluate_missing_workdir(evaluate, tmp_path, capsys):
+  assert evaluate.main(['--workdir', str(tmp_path / 'nope')]) == 2
   err = capsys.readouterr().err
   assert err.startswith('error: no such workdir')
 
 
-def test_evaluate_no_finished_stage(tmp_path, capsys):
+def test_evaluate_no_finished_stage(evaluate, tmp_path, capsys):
   # An interrupted stage: checkpoints but no summary.json or model.
   (tmp_path / 'transfer' / 'checkpoints').mkdir(parents=True)
   (tmp_path / 'config.json').write_text('{}')
-  assert saved_stage.main(['--workdir', str(tmp_path)]) == 2
+  assert evaluate.main(['--workdir', str(tmp_path)]) == 2
   assert 'has no finished stage' in capsys.readouterr().err
-  assert saved_stage.main(['--workdir',
-                           str(tmp_path), '--stage', 'pretrain']) == 2
+  assert evaluate.main(['--workdir', str(tmp_path), '--stage', 'pretrain']) == 2
   assert "stage 'pretrain'" in capsys.readouterr().err
 
 
-def test_evaluate_missing_config(tmp_path, capsys):
+def test_evaluate_missing_config(evaluate, tmp_path, capsys):
   stage_dir = tmp_path / 'transfer'
   (stage_dir / 'model').mkdir(parents=True)
   (stage_dir / 'model' / 'architecture.json').write_text('{}')
   (stage_dir / 'summary.json').write_text('{}')
-  assert saved_stage.main(['--workdir', str(tmp_path)]) == 2
+  assert evaluate.main(['--workdir', str(tmp_path)]) == 2
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'config.json is missing' in err
+
+
+def _one_error_line(capsys) -> str:
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and err.count('\n') == 1, err
+  return err
+
+
+def test_compare_methods_rejects_an_unknown_method(tmp_path, capsys):
+  tool = rc.load_tool('compare_methods')
+  base = [f'--config={DEMO_CONFIG}', f'--workdir={tmp_path / "run"}']
+  # Twice, with other config overrides: the tool parses them anew.
+  for seed in (1, 2):
+    code = tool.main(base +
+                     [f'--config.seed={seed}', '--methods=kp,no_such_method'])
+    assert code == 2
+    assert "unknown ['no_such_method']" in _one_error_line(capsys)
+  assert not (tmp_path / 'run').exists()  # rejected before any training
+  assert tool.main(base + ['--config.seed=one']) == 2
+  assert 'flag --config.seed=one' in _one_error_line(capsys)
+  assert tool.main(base + ['--config.no_such_field=1']) == 2
+  assert "no such config field: 'no_such_field'" in _one_error_line(capsys)
+
+
+def test_tools_keep_their_flags_apart(compare, runs, tmp_path, capsys):
+  # compare and sample both define --out; each parses its own, and a tool
+  # runs again in the same process.
+  sample = rc.load_tool('sample')
+  out = tmp_path / 'table'
+  assert compare.main([str(r) for r in runs] + ['--out', str(out)]) == 0
+  assert (out / 'comparison.md').is_file()
+  assert sample.main(
+      ['--checkpoint',
+       str(runs[0]), '--out',
+       str(tmp_path / 'x.npz')]) == 2
+  assert 'neither a model directory' in _one_error_line(capsys)
+  assert compare.main([
+      str(runs[1]), '--metric', 'class_accuracy', '--out',
+      str(tmp_path / 'again')
+  ]) == 0
+  text = capsys.readouterr().out
+  assert 'run_b' in text and 'run_a' not in text
+
+
+@pytest.mark.parametrize(
+    'args, message',
+    [(['--no_such_flag'], "Unknown command line flag 'no_such_flag'"),
+     (['--stage', 'middle'], 'flag --stage=middle'), ([], 'no RUN_DIR')])
+def test_usage_mistakes_are_one_line(compare, runs, args, message, capsys):
+  run_dirs = [str(runs[0])] if args else []
+  assert compare.main(run_dirs + args) == 2
+  assert message in _one_error_line(capsys)
+
+
+def test_missing_required_flag_and_help(evaluate, capsys):
+  assert evaluate.main([]) == 2
+  assert '--workdir' in _one_error_line(capsys)
+  assert evaluate.main(['--help']) == 0
+  out = capsys.readouterr().out
+  assert out.startswith(evaluate.__doc__.strip().splitlines()[0])
+  assert '--num_samples' in out and '--inception_dir' in out

@@ -2,6 +2,8 @@
 hand-written lists), that the frozen ones stay bit-identical, where the new
 classes start, and the one-command comparison."""
 
+import copy
+import functools
 import json
 import re
 
@@ -90,9 +92,20 @@ def method_config(method, **options):
   return config
 
 
+# The tests that only read a method's transfer stage run on one test worker,
+# which builds each stage once.
+_READS_SPECS = pytest.mark.xdist_group('method-specs')
+
+
+@functools.lru_cache(maxsize=None)
+def _transfer(method, source_dir, options):
+  return transfer_spec(method_config(method, **dict(options)), source_dir)
+
+
 def transfer(method, source_dir, **options):
-  """`(plan, data, StageSpec)` of `method`'s transfer stage."""
-  return transfer_spec(method_config(method, **options), source_dir)
+  """`(plan, data, StageSpec)` of `method`'s transfer stage, built once per
+  test process (the tests only read it)."""
+  return _transfer(method, source_dir, tuple(sorted(options.items())))
 
 
 def trained_paths(mask):
@@ -100,6 +113,7 @@ def trained_paths(mask):
   return {path for path, trains in flat.items() if trains}, set(flat)
 
 
+@_READS_SPECS
 @pytest.mark.parametrize('method', sorted(EXPECTED_G))
 def test_trained_generator_parameters_match_the_written_list(
     method, source_dir):
@@ -118,6 +132,7 @@ def test_trained_generator_parameters_match_the_written_list(
     assert spec.setup.losses == EXPECTED_LOSSES[method]
 
 
+@_READS_SPECS
 def test_each_method_starts_from_the_right_model(source_dir):
   _, _, scratch = transfer('scratch', source_dir)
   assert scratch.generator.num_classes == NUM_NEW
@@ -180,6 +195,7 @@ def test_frozen_parameters_stay_bit_identical(method, stage, source_dir):
   assert bool(frozen) == (method != 'transfergan')  # it trains everything
 
 
+@_READS_SPECS
 def test_new_class_rows_start_at_the_source_mean(source_dir):
   _, _, models = transfer('transfergan', source_dir)
   _, _, source = model_io.load(source_dir)
@@ -200,6 +216,7 @@ def test_new_class_rows_start_at_the_source_mean(source_dir):
   assert not np.allclose(fresh_rows, old[key].mean(0))
 
 
+@_READS_SPECS
 def test_bsa_mean_start_draws_what_a_mean_class_row_draws(source_dir):
   """BSA (free class vectors at the source mean) and a plain BigGAN whose
   new rows are the mean of the source rows are the same generator for the
@@ -312,23 +329,26 @@ def test_method_names_expand_groups_and_reject_unknown_names():
   assert methods.continues_from('kp_no_l1') is None
 
 
-def test_scratch_samples_are_scored_as_the_new_classes(source_dir, tmp_path):
+@_READS_SPECS
+def test_scratch_samples_are_scored_as_the_new_classes(source_dir, eval_cache):
   """A scratch model labels the new classes 0..M-1; the 6-way classifier
   (source classes first) knows them as 4..5."""
   plan, data, spec = transfer('scratch', source_dir)
-  plan.config.eval.cache_dir = str(tmp_path)
+  config = copy.deepcopy(plan.config)
+  config.eval.cache_dir = str(eval_cache)
   mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
-  scorer = evaluator.make(plan.config, spec.generator, spec.dataset, data, mesh)
+  scorer = evaluator.make(config, spec.generator, spec.dataset, data, mesh)
   assert set(scorer.labels) == {0, 1}
   assert set(scorer.scored_labels) == {4, 5}
 
 
-def test_compare_runs_methods_on_one_source_and_writes_the_table(tmp_path):
+def test_compare_runs_methods_on_one_source_and_writes_the_table(
+    tmp_path, eval_cache):
   config = tiny_config()
   config.eval.final = True
-  config.eval.cache_dir = str(tmp_path / 'cache')
+  config.eval.cache_dir = str(eval_cache)
   config.eval.classifier_with_source = True
-  config.transfer.eval_every = config.finetune.eval_every = 1
+  config.transfer.eval_every = config.finetune.eval_every = 0  # final only
   text = compare.compare_methods(config, tmp_path, ['bsa', 'kp_finetune'])
   rows = [line.split(' | ')[0].lstrip('| ') for line in text.splitlines()[2:]]
   assert rows == ['bsa', 'kp_finetune']

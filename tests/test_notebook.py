@@ -29,9 +29,11 @@ KERNEL_ENV = {
     'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true',
 }
 LAYERS = [f'block_{i}/bn{j}' for i in range(3) for j in (1, 2)]
+# One test worker runs the tests of the executed notebook: it runs it once.
+pytestmark = pytest.mark.xdist_group('notebook')
 
 
-def tiny_parameters(tmp_path) -> dict:
+def tiny_parameters(tmp_path, eval_cache) -> dict:
   return {
       'WORKDIR': str(tmp_path / 'run'),
       'IMAGES_PER_CLASS': 4,
@@ -48,7 +50,7 @@ def tiny_parameters(tmp_path) -> dict:
           'eval.num_samples': 16,
           'eval.batch_size': 8,
           'eval.classifier_steps': 20,
-          'eval.cache_dir': str(tmp_path / 'cache'),
+          'eval.cache_dir': str(eval_cache),
       },
   }
 
@@ -86,7 +88,7 @@ def test_committed_notebook_is_valid_and_has_no_outputs():
         'clear the outputs before committing: jupyter nbconvert '
         '--clear-output --inplace notebooks/cgt_jax_colab.ipynb')
   defaults = notebook.cells[parameters_index(notebook)].source
-  for name in tiny_parameters(pathlib.Path('.')):
+  for name in tiny_parameters(pathlib.Path('.'), pathlib.Path('.')):
     assert re.search(rf'^{name} = ', defaults, re.M), name
 
 
@@ -102,10 +104,11 @@ def png_outputs(notebook) -> int:
 
 
 @pytest.fixture(scope='module')
-def executed(tmp_path_factory):
+def executed(tmp_path_factory, eval_cache):
   """The notebook run on the tiny setting: `(notebook, workdir)`."""
   tmp_path = tmp_path_factory.mktemp('notebook')
-  notebook = with_parameters(read_notebook(), tiny_parameters(tmp_path))
+  notebook = with_parameters(read_notebook(),
+                             tiny_parameters(tmp_path, eval_cache))
   client = nbclient.NotebookClient(
       notebook,
       timeout=600,

@@ -24,6 +24,7 @@ Tolerances (per tensor: ||ours - reference|| / ||reference||):
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -32,8 +33,11 @@ from cgt_jax.training import state as state_lib
 from cgt_jax.transfer import stages
 from cgt_jax.training import steps
 from cgt_jax.convert import biggan_pth
+from cgt_jax.convert import keymap
 from cgt_jax.convert import pth_reader
+from cgt_jax.transfer import methods
 from tests import reference_cases as rc
+from tests import test_train
 
 TOLERANCE = 1e-4
 # (parameters, buffers, losses after iteration 1) per case; see docstring.
@@ -46,6 +50,10 @@ SOURCE_CASE = {'cgt32_train': 'cgt32', 'cgt128_train': 'cgt128'}
 
 def _fixture(case, name):
   return rc.FIXTURES / case / name
+
+
+# The tests of a replayed case run on one test worker, which replays it once.
+_ON_ONE_WORKER = pytest.mark.xdist_group('replay')
 
 
 @pytest.fixture(scope='module', params=sorted(CASE_TOLERANCES))
@@ -77,6 +85,7 @@ def _before(case, network):
                                     f'{network}.pth')
 
 
+@_ON_ONE_WORKER
 @pytest.mark.parametrize('network', ['G', 'D'])
 def test_every_state_dict_entry_matches_the_reference(replayed, network):
   case, after = replayed
@@ -101,6 +110,7 @@ def test_every_state_dict_entry_matches_the_reference(replayed, network):
   assert compared == len(written)
 
 
+@_ON_ONE_WORKER
 @pytest.mark.parametrize('network', ['G', 'D'])
 def test_entries_the_reference_leaves_unchanged_are_bitwise_equal(
     replayed, network):
@@ -117,6 +127,7 @@ def test_entries_the_reference_leaves_unchanged_are_bitwise_equal(
         after[f'{network}.{key}'], reference[key], err_msg=key)
 
 
+@_ON_ONE_WORKER
 def test_losses_match_the_reference(replayed):
   case, after = replayed
   settings = json.loads(_fixture(case, 'iter.json').read_text())
@@ -137,16 +148,42 @@ def test_losses_match_the_reference(replayed):
 # ----------------------------------------------------------------------------
 
 STAGE_CASES = {
-    # stage: (source fixture, settings config, labels the stage samples)
-    'pretrain': ('biggan32', {
+    # stage: (checkpoint form, settings config)
+    'pretrain': ('biggan', {
         'num_D_steps': 2,
         'num_D_accumulations': 1
     }),
-    'FT': ('cgt32', {
+    'FT': ('cgantransfer', {
         'num_D_steps': 1,
         'num_D_accumulations': 1
     }),
 }
+
+
+def _write_checkpoints(directory, models, drop=()):
+  """`G.pth`, `D.pth` of `methods.Models`, written as torch.save would."""
+  directory.mkdir()
+  write = rc.load_tool('bench_convert').write_state_dict
+  for name, variables in (('G', models.g_variables), ('D', models.d_variables)):
+    state = keymap.to_state_dict(variables)
+    write(directory / f'{name}.pth', {
+        k: v for k, v in state.items() if not k.startswith(drop)
+    })
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoints(tmp_path_factory):
+  """Random tiny checkpoints (test_train.tiny_config's 8-channel BigGAN):
+  BigGAN-PyTorch form, and cGANTransfer form (its D keeps only the new
+  classes' projection)."""
+  root = tmp_path_factory.mktemp('tiny')
+  source = stages.fresh_models(test_train.tiny_config(), 4)
+  _write_checkpoints(root / 'biggan', source)
+  context = methods.BuildContext(
+      num_new=2, seed=0, dtype=jnp.float32, fresh=None)
+  transferred = methods.KnowledgePropagation('kp', '').models(source, context)
+  _write_checkpoints(root / 'cgantransfer', transferred, drop=('embed.',))
+  return root
 
 
 def _settings(stage, loop, batch, iterations):
@@ -196,13 +233,13 @@ def _recorded(batches, draws, setup):
 
 
 @pytest.mark.parametrize('stage', sorted(STAGE_CASES))
-def test_replayed_draws_equal_a_normal_run(stage):
-  source, loop = STAGE_CASES[stage]
+def test_replayed_draws_equal_a_normal_run(stage, tiny_checkpoints):
+  form, loop = STAGE_CASES[stage]
   batch_size, iterations = 4, 2
   settings = replay.parse_settings(
       _settings(stage, loop, batch_size, iterations))
   generator, discriminator = biggan_pth.load_pair(
-      rc.FIXTURES / source / 'G.pth', rc.FIXTURES / source / 'D.pth')
+      tiny_checkpoints / form / 'G.pth', tiny_checkpoints / form / 'D.pth')
   models = replay.stage_models(settings, generator, discriminator)
   _, _, setup = stages.training_setup(settings.stage,
                                       replay.stage_plan(settings),
@@ -235,10 +272,11 @@ def test_replayed_draws_equal_a_normal_run(stage):
           got, want, err_msg=f'{name}{jax.tree_util.keystr(path)}')
 
 
-def test_sampled_draws_have_the_documented_shapes():
+def test_sampled_draws_have_the_documented_shapes(tiny_checkpoints):
   """`sample_draws` keys one chunk each; shapes follow the setup."""
   generator, discriminator = biggan_pth.load_pair(
-      rc.FIXTURES / 'biggan32' / 'G.pth', rc.FIXTURES / 'biggan32' / 'D.pth')
+      tiny_checkpoints / 'biggan' / 'G.pth',
+      tiny_checkpoints / 'biggan' / 'D.pth')
   settings = replay.parse_settings(
       _settings('pretrain', {
           'num_D_steps': 2,

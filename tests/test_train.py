@@ -23,6 +23,7 @@ from cgt_jax.transfer import stages
 from cgt_jax.training import state as state_lib
 from cgt_jax.training import steps
 from cgt_jax.training import loop
+from cgt_jax.training import optim
 from configs import demo
 
 SOURCE = ['red_square', 'green_disc', 'blue_cross', 'yellow_ring']
@@ -48,8 +49,13 @@ def tiny_config(**stage_steps):
     c = config[stage]
     c.num_steps = stage_steps.get(stage, 2)
     c.batch_size = 8
-    c.num_d_steps, c.num_d_accumulations = 1, 2
-    c.log_every = c.sample_every = c.checkpoint_every = 1
+    # One D chunk: the chunked step has its own tests (the sharded step
+    # below, tests/test_replay.py), and half the program compiles faster.
+    c.num_d_steps, c.num_d_accumulations = 1, 1
+    c.log_every = c.sample_every = 1
+    # Each stage ends with a checkpoint; one per step would cost an orbax
+    # save a step (the checkpoint tests set their own).
+    c.checkpoint_every = 1000
   return config
 
 
@@ -57,11 +63,11 @@ def flat(tree):
   return traverse_util.flatten_dict(jax.device_get(tree), sep='/')
 
 
-def test_demo_pipeline_runs_and_exports_every_stage(tmp_path):
+def test_demo_pipeline_runs_and_exports_every_stage(tmp_path, eval_cache):
   config = tiny_config()
   config.stages = ('pretrain', 'transfer', 'finetune')
   config.eval.final = True
-  config.eval.cache_dir = str(tmp_path / 'cache')
+  config.eval.cache_dir = str(eval_cache)
   config.transfer.eval_every = 1
   model_dir = loop.train_and_evaluate(config, tmp_path)
   assert model_dir == tmp_path / 'finetune' / 'model'
@@ -130,14 +136,14 @@ def transfer_spec(config, source_dir, stage='transfer'):
   return plan, data, stages.stage_spec(stage, plan, data, str(source_dir))
 
 
-def _setup_and_state(learning_rate=None):
+def _setup_and_state(directory, learning_rate=None):
   """A tiny transfer stage built from fresh random source variables."""
   config = tiny_config()
+  config.transfer.num_d_accumulations = 2  # chunks drawn from every device
   if learning_rate:  # Adam turns float noise into lr-sized steps: keep small
     config.transfer.g_lr = config.transfer.d_lr = learning_rate
   source_dir = save_models(
-      stages.fresh_models(config, len(SOURCE)),
-      os.path.join(os.environ.get('PYTEST_TMP', '/tmp'), 'cgt_src_model'))
+      stages.fresh_models(config, len(SOURCE)), directory / 'source')
   plan, data, spec = transfer_spec(config, source_dir)
   state = state_lib.create(spec.setup, spec.g_variables, spec.d_variables, 0)
   return plan.config, data, spec, spec.setup, state
@@ -147,8 +153,9 @@ def _data(config):
   return splits.load(config.data, need_source=True, resolution=32)
 
 
-def test_sharded_step_equals_single_device_step():
-  config, data, models, setup, state = _setup_and_state(learning_rate=1e-5)
+def test_sharded_step_equals_single_device_step(tmp_path):
+  config, data, models, setup, state = _setup_and_state(
+      tmp_path, learning_rate=1e-5)
   sampler = pipeline.BatchSampler(data.target, setup.real_per_step, 0)
   images, labels = sampler.batch(0)
   mesh = parallel.make_mesh()
@@ -178,8 +185,8 @@ def test_sharded_step_equals_single_device_step():
           b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=f'{name}/{key}')
 
 
-def test_frozen_parameters_are_bit_identical_and_hold_no_adam_state():
-  config, data, models, setup, state = _setup_and_state()
+def test_frozen_parameters_are_bit_identical_and_hold_no_adam_state(tmp_path):
+  config, data, models, setup, state = _setup_and_state(tmp_path)
   before = flat(state.g_params)
   sampler = pipeline.BatchSampler(data.target, setup.real_per_step, 0)
   step_fn = steps.make_train_step(setup)
@@ -244,14 +251,15 @@ def test_tfds_cifar100_path_under_mock_data(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
   config = tiny_config(pretrain=1, transfer=1)
   config.data.name = 'cifar100'
-  config.data.source_classes = ('apple', 'bicycle', 'castle')
+  # As many classes as the other tiny runs: the same compiled programs.
+  config.data.source_classes = ('apple', 'bicycle', 'castle', 'dolphin')
   config.data.target_classes = ('bear', 'wolf')
   config.data.target_images_per_class = 0
   with tfds.testing.mock_data(
       policy=tfds.testing.MockPolicy.USE_CODE, num_examples=1000):
     model_dir = loop.train_and_evaluate(config, tmp_path)
   generator, _, _ = model_io.load(model_dir)
-  assert (generator.num_classes, generator.num_new_classes) == (3, 2)
+  assert (generator.num_classes, generator.num_new_classes) == (4, 2)
 
 
 def _write_folder(root, classes, count=6, size=(40, 52)):
@@ -265,16 +273,17 @@ def _write_folder(root, classes, count=6, size=(40, 52)):
 
 
 def test_image_folder_path(tmp_path):
-  _write_folder(tmp_path / 'images', ['alley', 'arch', 'cat', 'dog', 'eel'])
+  _write_folder(tmp_path / 'images',
+                ['alley', 'arch', 'cat', 'dog', 'eel', 'fox'])
   config = tiny_config(pretrain=1, transfer=1)
   config.data.name = 'image_folder'
   config.data.root = str(tmp_path / 'images')
-  config.data.source_classes = ('cat', 'dog', 'eel')
+  config.data.source_classes = ('cat', 'dog', 'eel', 'fox')
   config.data.target_classes = ('alley', 'arch')
   config.data.target_images_per_class = 5
   model_dir = loop.train_and_evaluate(config, tmp_path / 'work')
   generator, _, _ = model_io.load(model_dir)
-  assert (generator.num_classes, generator.num_new_classes) == (3, 2)
+  assert (generator.num_classes, generator.num_new_classes) == (4, 2)
 
 
 @pytest.mark.parametrize('change,message', [
@@ -334,6 +343,7 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_config(pretrain=4)
   config.stages = ('pretrain',)
+  config.pretrain.checkpoint_every = 1
   config.pretrain.g_lr = 1e30  # G explodes after its first update
   with pytest.raises(
       loop.TrainingDiverged,
@@ -343,3 +353,36 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   kept = sorted((tmp_path / 'pretrain' / 'checkpoints' / 'latest').iterdir())
   assert kept
   assert not (tmp_path / 'pretrain' / 'summary.json').exists()
+
+
+def test_ema_update_copies_until_start_then_averages():
+  ema, current = {'w': np.float32(1.0)}, {'w': np.float32(3.0)}
+  before = optim.ema_update(ema, current, 0.9, step=2, start=3)
+  after = optim.ema_update(ema, current, 0.9, step=3, start=3)
+  assert float(before['w']) == 3.0  # a copy of G before ema_start
+  np.testing.assert_allclose(float(after['w']), 0.9 * 1.0 + 0.1 * 3.0)
+
+
+def test_ema_generator_is_exported_and_evaluated(tmp_path, eval_cache):
+  config = tiny_config(pretrain=2)
+  config.stages = ('pretrain',)
+  config.pretrain.ema_decay = 0.5
+  config.pretrain.ema_start = 1  # a copy at step 0, an average at step 1
+  config.eval.final = True
+  config.eval.cache_dir = str(eval_cache)
+  loop.train_and_evaluate(config, tmp_path)
+  stage = tmp_path / 'pretrain'
+  _, _, model = model_io.load(stage / 'model')
+  generator, discriminator, ema = model_io.load(stage / 'model_ema')
+  assert discriminator is None  # the EMA is of G only
+  a, b = flat(model['generator']), flat(ema['generator'])
+  assert a.keys() == b.keys()
+  assert not all(np.array_equal(a[k], b[k]) for k in a)
+  summary = json.loads((stage / 'summary.json').read_text())
+  final = {
+      k: v
+      for k, v in summary['final_eval'].items()
+      if k not in ('step', 'wall_time')
+  }
+  assert summary['final_eval_ema'].keys() == final.keys()
+  assert summary['final_eval_ema'] != final  # the EMA G was evaluated

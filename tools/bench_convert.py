@@ -11,7 +11,6 @@ wall time (process start to exit, imports included) and peak RSS of that
 process (`os.wait4` rusage), also as a multiple of the checkpoint size.
 """
 
-import argparse
 import collections
 import os
 import pathlib
@@ -22,7 +21,10 @@ import tempfile
 import time
 import zipfile
 
+from absl import flags
 import numpy as np
+
+from cgt_jax.runtime import cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KEYS = ROOT / 'tests' / 'fixtures' / 'keys'
@@ -131,11 +133,20 @@ def run_converter(args: list) -> tuple:
   return wall, usage.ru_maxrss * 1024  # Linux reports KiB
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--dump', default='biggan_pytorch_I128_ch96')
-  parser.add_argument('--repeat', type=int, default=2)
-  args = parser.parse_args(argv)
+def _flags() -> flags.FlagValues:
+  """The benchmark's flags, on a FlagValues of their own (`runtime.cli`)."""
+  values = flags.FlagValues()
+  flags.DEFINE_string(
+      'dump',
+      'biggan_pytorch_I128_ch96',
+      'reference key dump: tests/fixtures/keys/<dump>_G_D_keys.tsv',
+      flag_values=values)
+  flags.DEFINE_integer(
+      'repeat', 2, 'converter runs to time', flag_values=values)
+  return values
+
+
+def _run(args) -> int:
   shapes = read_dump(args.dump)
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
@@ -159,7 +170,19 @@ def main(argv=None):
       ])
       print(f'| {run + 1} | {wall:.1f} | {peak / 2**20:.0f} | '
             f'{peak / size:.2f} |')
+  return 0
+
+
+def main(argv=None) -> int:
+  try:
+    args = cli.parse(_flags(), argv, __doc__)
+  except cli.Exit as stop:
+    return stop.status
+  # No process.configure(): this process runs no JAX, and a JAX backend
+  # started here would hold GPU memory that the timed converters need (each
+  # converter process configures itself).
+  return cli.run(lambda: _run(args), errors=(OSError,))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

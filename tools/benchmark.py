@@ -1,6 +1,6 @@
 """Times the jitted train step of a config on whatever devices exist.
 
-    python tools/benchmark.py --config=configs/cifar100_80to20.py \
+    python tools/benchmark.py --config=configs/cifar100_80to20.py \\
         --stage=transfer --steps=5
 
 Builds the stage's models with random weights (no dataset, no source
@@ -17,28 +17,40 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
+from cgt_jax.runtime import cli
 from cgt_jax.runtime import parallel
-from cgt_jax.runtime import process
 from cgt_jax.runtime import xla_cpu
+from cgt_jax.training import loop
 from cgt_jax.training import state as state_lib
 from cgt_jax.training import steps
 from cgt_jax.transfer import methods
 from cgt_jax.transfer import stages
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
-flags.DEFINE_enum('stage', 'transfer', ['pretrain', 'transfer', 'finetune'],
-                  'Which stage to time.')
-flags.DEFINE_integer('steps', 5, 'Timed iterations after compilation.')
-flags.DEFINE_integer(
-    'num_source_classes', 0,
-    'Source classes when the config does not list them '
-    '(e.g. 1000 for an ImageNet source).')
-flags.mark_flags_as_required(['config'])
+
+def _flags(argv: list) -> flags.FlagValues:
+  """The benchmark's flags, on a FlagValues of their own (`runtime.cli`).
+
+  Args:
+    argv: the command line being parsed (program name first): the config
+      flag defines its `--config.*` override flags from it.
+  """
+  values = flags.FlagValues()
+  cli.define_config(values, argv)
+  flags.DEFINE_enum(
+      'stage',
+      'transfer', ['pretrain', 'transfer', 'finetune'],
+      'Which stage to time.',
+      flag_values=values)
+  flags.DEFINE_integer(
+      'steps', 5, 'Timed iterations after compilation.', flag_values=values)
+  flags.DEFINE_integer(
+      'num_source_classes',
+      0, 'Source classes when the config does not list them '
+      '(e.g. 1000 for an ImageNet source).',
+      flag_values=values)
+  return values
 
 
 def _stage(config, stage, num_source):
@@ -124,13 +136,21 @@ def print_table(row: dict):
   print('| ' + ' | '.join(cells) + ' |')
 
 
-def main(argv):
-  del argv
-  process.configure()
+def _run(args) -> int:
   print_table(
-      measure(FLAGS.config, FLAGS.stage, FLAGS.steps, FLAGS.num_source_classes))
+      measure(args.config, args.stage, args.steps, args.num_source_classes))
   sys.stdout.flush()
+  return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(
+      _flags(cli.command_line(argv)),
+      _run,
+      argv,
+      __doc__,
+      errors=loop.USER_ERRORS)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

@@ -11,43 +11,52 @@ DIR/comparison.png, the metric against the iteration for every run with
 its best point marked (the paper's Fig. 5). The table is printed too.
 """
 
-import argparse
-import pathlib
 import sys
 
+from absl import app
+from absl import flags
+
 from cgt_jax.evaluation import comparison
+from cgt_jax.runtime import cli
 
 
-def parse(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('runs', nargs='+', help='cgt_jax.main workdirs')
-  parser.add_argument(
-      '--stage',
-      default='transfer',
-      choices=('pretrain', 'transfer', 'finetune'))
-  parser.add_argument(
-      '--metric',
-      help="e.g. fid, kmmd, is, domain_fd, domain_kmmd, class_accuracy "
-      "(default: 'fid' if evaluated with Inception, else 'domain_fd')")
-  parser.add_argument(
-      '--out',
-      type=pathlib.Path,
-      default=pathlib.Path('.'),
-      help='folder for comparison.md and comparison.png')
-  return parser.parse_args(argv)
+def _flags() -> flags.FlagValues:
+  """The comparison's flags, on a FlagValues of their own (`runtime.cli`)."""
+  values = flags.FlagValues()
+  flags.DEFINE_enum(
+      'stage',
+      'transfer', ('pretrain', 'transfer', 'finetune'),
+      'the stage to compare',
+      flag_values=values)
+  flags.DEFINE_string(
+      'metric',
+      None, 'e.g. fid, kmmd, is, domain_fd, domain_kmmd, class_accuracy '
+      "(default: 'fid' if evaluated with Inception, else 'domain_fd')",
+      flag_values=values)
+  cli.define_path('out', '.', 'folder for comparison.md and comparison.png',
+                  values)
+  return values
 
 
-def main(argv=None) -> int:
-  args = parse(argv)
-  try:
-    text = comparison.compare(args.runs, args.stage, args.metric, args.out)
-  except comparison.CompareError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
+def _run(args) -> int:
+  if not args.runs:
+    raise app.UsageError('no RUN_DIR: name the cgt_jax.main workdirs to '
+                         'compare')
+  text = comparison.compare(args.runs, args.stage, args.metric, args.out)
   print(text)
   print(f'wrote {args.out / "comparison.md"} and '
         f'{args.out / "comparison.png"}')
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(
+      _flags(),
+      _run,
+      argv,
+      __doc__,
+      errors=(comparison.CompareError,),
+      positional='runs')
 
 
 if __name__ == '__main__':

@@ -15,21 +15,30 @@ its N source classes as labels 0..N-1; its new class k is label N + k.
 A BigGAN-deep directory has no discriminator and its architecture is tagged
 `"family": "biggan_deep"` (`cgt_jax.models.biggan_deep.from_arch` builds it).
 
+SN eps and BN eps cannot be recovered from a checkpoint: defaults are SN
+eps 1e-6 for ImageNet-like BigGAN-PyTorch/cGANTransfer models (with a
+shared class embedding), 1e-8 for CIFAR-like ones (without), BN eps 1e-5;
+BigGAN-deep uses 1e-4 for both. Pass --sn-eps/--bn-eps if the model was
+trained with other values.
+
 Any problem is reported as one `error: ...` line naming the file, key and
 shapes (exit status 2), and nothing is written to --out.
 """
 
-import argparse
 import pathlib
 import sys
+
+from absl import flags
 
 from cgt_jax.models import model_io
 from cgt_jax.convert import biggan_deep_keymap
 from cgt_jax.convert import biggan_pth
 from cgt_jax.convert import infer
 from cgt_jax.models import biggan_deep
+from cgt_jax.runtime import cli
 
-# Flags (dest) -> architecture fields they override, per network.
+# Flags (as `args` attributes) -> architecture fields they override, per
+# network.
 _G_FLAGS = {
     'resolution': 'resolution',
     'ch': 'ch',
@@ -58,81 +67,96 @@ _DEEP_FLAGS = {
     'truncation': 'truncation'
 }
 
+_INTEGER_OVERRIDES = {
+    'resolution': 'image resolution',
+    'ch': 'G channel width (G_ch)',
+    'd-ch': 'D channel width (D_ch)',
+    'dim-z': 'latent size',
+    'shared-dim': '0: no shared embedding',
+    'num-classes': 'N, source classes',
+    'num-new-classes': 'K, cGANTransfer new classes (labels N..N+K-1)',
+}
 
-def _attention(text: str) -> tuple:
+
+class _AttentionParser(flags.ArgumentParser):
   """'64' or '64,32' (or '' / '0' for none) -> resolutions."""
-  return tuple(int(r) for r in text.replace('_', ',').split(',') if int(r or 0))
+
+  def parse(self, argument):
+    return tuple(
+        int(r) for r in argument.replace('_', ',').split(',') if int(r or 0))
+
+  def flag_type(self):
+    return 'resolutions'
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(
-      description=__doc__.split('\n\n')[0],
-      epilog='SN eps and BN eps cannot be recovered from a checkpoint: '
-      'defaults are SN eps 1e-6 for ImageNet-like BigGAN-PyTorch/cGANTransfer '
-      'models (with a shared class embedding), 1e-8 for CIFAR-like ones '
-      '(without), BN eps 1e-5; BigGAN-deep uses 1e-4 for both. Pass '
-      '--sn-eps/--bn-eps if the model was trained with other values.')
-  parser.add_argument(
-      '--generator',
-      type=pathlib.Path,
-      required=True,
-      help='G.pth (or G_ema.pth, or a BigGAN-deep .bin)')
-  parser.add_argument(
-      '--discriminator',
-      type=pathlib.Path,
-      help='D.pth (BigGAN-PyTorch or cGANTransfer)')
-  parser.add_argument(
-      '--out',
-      type=pathlib.Path,
-      required=True,
-      help='model directory to write')
-  parser.add_argument(
-      '--format', default='auto', choices=('auto',) + infer.FORMATS)
-  group = parser.add_argument_group(
-      'architecture overrides (default: inferred)')
-  group.add_argument('--resolution', type=int)
-  group.add_argument('--ch', type=int, help='G channel width (G_ch)')
-  group.add_argument('--d-ch', type=int, help='D channel width (D_ch)')
-  group.add_argument('--dim-z', type=int)
-  group.add_argument('--shared-dim', type=int, help='0: no shared embedding')
-  group.add_argument('--hier', action=argparse.BooleanOptionalAction)
-  group.add_argument('--num-classes', type=int, help='N, source classes')
-  group.add_argument(
-      '--num-new-classes',
-      type=int,
-      help='K, cGANTransfer new classes (labels N..N+K-1)')
-  group.add_argument(
-      '--g-attention',
-      type=_attention,
-      help="G attention resolutions, e.g. '64' ('0': none)")
-  group.add_argument('--d-attention', type=_attention)
-  group.add_argument(
-      '--sn-eps',
-      type=float,
-      help='spectral-norm eps; NOT recoverable from a checkpoint, so by '
+def _flags() -> flags.FlagValues:
+  """The converter's flags, on a FlagValues of their own (`runtime.cli`)."""
+  values = flags.FlagValues()
+  cli.define_path(
+      'generator',
+      None,
+      'G.pth (or G_ema.pth, or a BigGAN-deep .bin)',
+      values,
+      required=True)
+  cli.define_path('discriminator', None,
+                  'D.pth (BigGAN-PyTorch or cGANTransfer)', values)
+  cli.define_path(
+      'out', None, 'model directory to write', values, required=True)
+  flags.DEFINE_enum(
+      'format',
+      'auto', ('auto',) + infer.FORMATS,
+      'checkpoint format',
+      flag_values=values)
+  _define_overrides(values)
+  return values
+
+
+def _define_overrides(values: flags.FlagValues):
+  """Architecture overrides (default: inferred from the checkpoint)."""
+  for name, help_string in _INTEGER_OVERRIDES.items():
+    flags.DEFINE_integer(name, None, help_string, flag_values=values)
+  flags.DEFINE_bool(
+      'hier', None, 'hierarchical z (--nohier: not)', flag_values=values)
+  flags.DEFINE(
+      _AttentionParser(),
+      'g-attention',
+      None,
+      "G attention resolutions, e.g. '64' ('0': none)",
+      flag_values=values)
+  flags.DEFINE(
+      _AttentionParser(),
+      'd-attention',
+      None,
+      'D attention resolutions',
+      flag_values=values)
+  flags.DEFINE_float(
+      'sn-eps',
+      None, 'spectral-norm eps; NOT recoverable from a checkpoint, so by '
       'format: 1e-6 with a shared class embedding (BigGAN-PyTorch ImageNet), '
-      '1e-8 without (CIFAR-like), 1e-4 for BigGAN-deep')
-  group.add_argument(
-      '--bn-eps',
-      type=float,
-      help='batch-norm eps; NOT recoverable from a checkpoint: 1e-5 '
-      '(BigGAN-PyTorch, cGANTransfer), 1e-4 (BigGAN-deep)')
-  group.add_argument(
-      '--weights-init',
-      choices=('ortho', 'N02'),
-      help='init of layers added later (KP transfer)')
-  group.add_argument(
-      '--truncation',
-      type=float,
-      help='BigGAN-deep only: default truncation in (0, 1]')
-  return parser.parse_args(argv)
+      '1e-8 without (CIFAR-like), 1e-4 for BigGAN-deep',
+      flag_values=values)
+  flags.DEFINE_float(
+      'bn-eps',
+      None, 'batch-norm eps; NOT recoverable from a checkpoint: 1e-5 '
+      '(BigGAN-PyTorch, cGANTransfer), 1e-4 (BigGAN-deep)',
+      flag_values=values)
+  flags.DEFINE_enum(
+      'weights-init',
+      None, ('ortho', 'N02'),
+      'init of layers added later (KP transfer)',
+      flag_values=values)
+  flags.DEFINE_float(
+      'truncation',
+      None,
+      'BigGAN-deep only: default truncation in (0, 1]',
+      flag_values=values)
 
 
-def _overrides(args, flags: dict) -> dict:
+def _overrides(args, fields: dict) -> dict:
   return {
-      field: getattr(args, dest)
-      for dest, field in flags.items()
-      if getattr(args, dest) is not None
+      field: getattr(args, name)
+      for name, field in fields.items()
+      if getattr(args, name) is not None
   }
 
 
@@ -212,18 +236,15 @@ def _summary(fmt: str, generator, d_arch) -> str:
           f'SN eps {g.sn_eps}, BN eps {g.bn_eps}')
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  try:
-    summary = convert(args)
-  except (ValueError, OSError) as error:
-    # CheckpointReadError, StateDictMismatchError and ArchitectureError are
-    # ValueErrors whose message names the file, key and shapes.
-    message = str(error).splitlines()[0] if str(error) else repr(error)
-    print(f'error: {message}', file=sys.stderr)
-    return 2
-  print(f'wrote {args.out}: {summary}')
+def _run(args) -> int:
+  print(f'wrote {args.out}: {convert(args)}')
   return 0
+
+
+def main(argv=None) -> int:
+  # CheckpointReadError, StateDictMismatchError and ArchitectureError are
+  # ValueErrors whose message names the file, key and shapes.
+  return cli.main(_flags(), _run, argv, __doc__, errors=(ValueError, OSError))
 
 
 if __name__ == '__main__':

@@ -11,43 +11,44 @@ entry after the last iteration under its PyTorch name, prefixed `G.` or
 `D.` (all but the logging-only `sv0`), and `losses` `[T, 3]` = (G loss,
 D_loss_real, D_loss_fake of the last D chunk), the values the authors'
 training function returns. Formats of the settings and draws:
-cgt_jax/replay.py. With `--reference-generator/--reference-discriminator`
-it also prints the worst relative error against the reference's state.
+cgt_jax/training/replay.py. With `--reference-generator` and
+`--reference-discriminator` it also prints the worst relative error against
+the reference's state.
 
 Any problem is reported as one `error: ...` line (exit status 2).
 """
 
-import argparse
 import pathlib
 import sys
 
+from absl import flags
 import numpy as np
 
 from cgt_jax.training import replay
 from cgt_jax.convert import biggan_pth
 from cgt_jax.convert import pth_reader
+from cgt_jax.runtime import cli
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--generator', type=pathlib.Path, required=True)
-  parser.add_argument('--discriminator', type=pathlib.Path, required=True)
-  parser.add_argument(
-      '--draws',
-      type=pathlib.Path,
-      required=True,
-      help='npz of x, y_real, z_d, y_d, z_g, y_g')
-  parser.add_argument(
-      '--settings', type=pathlib.Path, required=True, help='iter.json')
-  parser.add_argument('--out', type=pathlib.Path, required=True)
-  parser.add_argument(
-      '--sn-eps',
-      type=float,
-      help='spectral-norm eps of the source model (not in a checkpoint; '
-      'default as tools/convert_biggan.py: 1e-6 ImageNet-like, 1e-8 CIFAR)')
-  parser.add_argument('--reference-generator', type=pathlib.Path)
-  parser.add_argument('--reference-discriminator', type=pathlib.Path)
-  return parser.parse_args(argv)
+def _flags() -> flags.FlagValues:
+  """The replay's flags, on a FlagValues of their own (`runtime.cli`)."""
+  values = flags.FlagValues()
+  for name, help_string in (('generator', 'G.pth before the iterations'),
+                            ('discriminator', 'D.pth before the iterations'),
+                            ('draws', 'npz of x, y_real, z_d, y_d, z_g, y_g'),
+                            ('settings', 'iter.json'),
+                            ('out', 'npz to write: the state after')):
+    cli.define_path(name, None, help_string, values, required=True)
+  flags.DEFINE_float(
+      'sn-eps',
+      None, 'spectral-norm eps of the source model (not in a checkpoint; '
+      'default as tools/convert_biggan.py: 1e-6 ImageNet-like, 1e-8 CIFAR)',
+      flag_values=values)
+  cli.define_path('reference-generator', None,
+                  "the reference's G state after the iterations", values)
+  cli.define_path('reference-discriminator', None,
+                  "the reference's D state after the iterations", values)
+  return values
 
 
 def _load_draws(path):
@@ -91,18 +92,15 @@ def run(args) -> pathlib.Path:
   return args.out
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
-  try:
-    out = run(args)
-  except (ValueError, OSError) as error:
-    # ReplayError, CheckpointReadError, StateDictMismatchError and
-    # ArchitectureError name the file, key or shape and the fix.
-    message = str(error).splitlines()[0] if str(error) else repr(error)
-    print(f'error: {message}', file=sys.stderr)
-    return 2
-  print(f'wrote {out}')
+def _run(args) -> int:
+  print(f'wrote {run(args)}')
   return 0
+
+
+def main(argv=None) -> int:
+  # ReplayError, CheckpointReadError, StateDictMismatchError and
+  # ArchitectureError name the file, key or shape and the fix.
+  return cli.main(_flags(), _run, argv, __doc__, errors=(ValueError, OSError))
 
 
 if __name__ == '__main__':

@@ -14,10 +14,10 @@ CIFAR protocol), `eval` uses the running statistics. `--checkpoint` may also
 be a training workdir: its last completed stage's model is used.
 """
 
-import argparse
 import pathlib
 import sys
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +26,7 @@ from cgt_jax.models import model_io
 from cgt_jax.training import steps
 from cgt_jax.analysis import visualize
 from cgt_jax.models import biggan
+from cgt_jax.runtime import cli
 
 
 def _model_dir(path: pathlib.Path) -> pathlib.Path:
@@ -82,49 +83,50 @@ def run(args) -> np.ndarray:
   return images
 
 
-def parse(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument(
-      '--checkpoint',
-      type=pathlib.Path,
-      required=True,
-      help='model directory (or a training workdir)')
-  parser.add_argument(
-      '--latents',
-      type=pathlib.Path,
-      help='npz with z [B, dim_z] and global labels y [B]')
-  parser.add_argument(
-      '--out',
-      type=pathlib.Path,
-      help='npz to write: images [B, H, W, 3] in [-1, 1]')
-  parser.add_argument('--grid', type=pathlib.Path, help='PNG grid to write')
-  parser.add_argument('--mode', choices=('eval', 'train'), default='eval')
-  parser.add_argument(
-      '--columns', type=int, default=8, help='samples per class in the grid')
-  parser.add_argument(
-      '--scale',
-      type=int,
-      default=2,
-      help='enlarge the grid PNG by this factor')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument(
-      '--precision',
-      default='highest',
-      choices=('default', 'high', 'highest'),
-      help="matmul/conv precision on GPU/TPU ('highest' = "
-      'float32, as the PyTorch reference)')
-  return parser.parse_args(argv)
+def _flags() -> flags.FlagValues:
+  """The sampler's flags, on a FlagValues of their own (`runtime.cli`)."""
+  values = flags.FlagValues()
+  cli.define_path(
+      'checkpoint',
+      None,
+      'model directory (or a training workdir)',
+      values,
+      required=True)
+  cli.define_path('latents', None,
+                  'npz with z [B, dim_z] and global labels y [B]', values)
+  cli.define_path('out', None, 'npz to write: images [B, H, W, 3] in [-1, 1]',
+                  values)
+  cli.define_path('grid', None, 'PNG grid to write', values)
+  flags.DEFINE_enum(
+      'mode', 'eval', ('eval', 'train'), 'batch norm mode', flag_values=values)
+  flags.DEFINE_integer(
+      'columns', 8, 'samples per class in the grid', flag_values=values)
+  flags.DEFINE_integer(
+      'scale', 2, 'enlarge the grid PNG by this factor', flag_values=values)
+  flags.DEFINE_integer(
+      'seed', 0, 'seed of the grid latents', flag_values=values)
+  flags.DEFINE_enum(
+      'precision',
+      'highest', ('default', 'high', 'highest'),
+      "matmul/conv precision on GPU/TPU ('highest' = float32, as the PyTorch "
+      'reference)',
+      flag_values=values)
+  return values
 
 
-def main(argv=None):
-  args = parse(argv)
+def _run(args) -> int:
   jax.config.update('jax_default_matmul_precision', args.precision)
-  try:
-    run(args)
-  except (ValueError, model_io.ModelDirError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
+  run(args)
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(
+      _flags(),
+      _run,
+      argv,
+      __doc__,
+      errors=(ValueError, model_io.ModelDirError))
 
 
 if __name__ == '__main__':

@@ -56,7 +56,9 @@ class StageEvaluator:
 
   def samples(self, g_variables) -> np.ndarray:
     """uint8 `[n, H, W, 3]` samples in eval mode, generated in batches."""
-    g_variables = jax.device_put(g_variables, parallel.replicated(self.mesh))
+    g_variables = jax.device_put(
+        parallel.local_copy(g_variables, self.mesh),
+        parallel.replicated(self.mesh))
     out = []
     for start in range(0, len(self.labels), self.batch_size):
       stop = start + self.batch_size
@@ -103,7 +105,12 @@ def _extractor(config, data, cache):
 def make(config, generator, dataset, data, mesh) -> StageEvaluator:
   """The evaluator of a stage: `generator`'s samples of the classes of
   `dataset` (one of `data`'s splits, the generator's labels) scored against
-  its real images (classifier trained or loaded on first use)."""
+  its real images (classifier trained or loaded on first use).
+
+  With several processes every process evaluates alike on its own devices
+  (feature extraction gathers its outputs on one host).
+  """
+  mesh = parallel.local_mesh(mesh)
   cache = pathlib.Path(config.eval.cache_dir or default_cache_dir())
   extractor = _extractor(config, data, cache)
   reference = stats_cache.reference_statistics(

@@ -1,30 +1,29 @@
 """Evaluates a finished stage's exported generator, outside training.
 
-    python -m cgt_jax.evaluate --workdir DIR [--stage transfer]
+Its command line is tools/evaluate.py:
+
+    python tools/evaluate.py --workdir DIR [--stage transfer]
         [--num_samples N] [--inception_dir D]
 
-Rebuilds the run's config from DIR/config.json, loads its data and
-DIR/<stage>/model, and runs the same evaluator as training
+`evaluate` rebuilds the run's config from DIR/config.json, loads its data
+and DIR/<stage>/model, and runs the same evaluator as training
 (`evaluator.make`): the domain-classifier metrics, or FID/KMMD/IS with
-Inception weights. Prints a table and writes DIR/<stage>/evaluation.json.
-The default stage is the last finished one (finetune, transfer, pretrain).
+Inception weights. It writes DIR/<stage>/evaluation.json and returns the
+metrics (`format_table` makes the table the tool prints). The default stage
+is the last finished one (finetune, transfer, pretrain).
 """
 
-import argparse
 import json
 import pathlib
-import sys
 import time
 
 import ml_collections
 
 from cgt_jax.data import splits
-from cgt_jax.data import datasets
 from cgt_jax import default_config
 from cgt_jax.evaluation import evaluator as evaluator_lib
 from cgt_jax.models import model_io
 from cgt_jax.runtime import parallel
-from cgt_jax.transfer import stages
 
 
 class EvaluateError(ValueError):
@@ -117,37 +116,3 @@ def format_table(stage: str, metrics: dict) -> str:
     if not isinstance(value, list):
       lines.append(f'| {name} | {value:.4g} |')
   return '\n'.join(lines)
-
-
-def parse(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', type=pathlib.Path, required=True)
-  parser.add_argument(
-      '--stage',
-      choices=default_config.STAGES,
-      help='default: the last finished stage')
-  parser.add_argument(
-      '--num_samples', type=int, help='default: config.eval.num_samples')
-  parser.add_argument(
-      '--inception_dir',
-      help='FID/KMMD/IS with these Inception weights instead of the '
-      "run's config.eval.inception_dir ('' for the domain classifier)")
-  return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-  args = parse(argv)
-  try:
-    stage, metrics = evaluate(args.workdir, args.stage, args.num_samples,
-                              args.inception_dir)
-  except (EvaluateError, datasets.DatasetError, model_io.ModelDirError,
-          stages.ConfigError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
-  print(format_table(stage, metrics))
-  print(f'wrote {args.workdir / stage / "evaluation.json"}')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

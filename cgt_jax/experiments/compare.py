@@ -6,7 +6,7 @@ Table 1 (and, with --methods=table2, its Table 2 ablation) on your data.
 
 1. The source model is `config.source_checkpoint`, or a BigGAN pretrained
    once on the source classes in DIR/source.
-2. Each method (`cgt_jax.methods`: a method or variant name, or the groups
+2. Each method (`cgt_jax.transfer.methods`: a method or variant name, or the groups
    `baselines`, `table2`, `all`) runs the transfer stage from that source in
    DIR/<method>, a `cgt_jax.main` workdir: same data, seed, step budget and
    evaluator; only the method's own switches and

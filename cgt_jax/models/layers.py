@@ -143,7 +143,7 @@ def _matmul_kernel_grad_pays(kernel_shape) -> bool:
   """Whether per-tap matmuls beat XLA's kernel gradient for this conv.
 
   Only on XLA:CPU with its own (Eigen) convolutions: with YNNPACK on (the
-  default cgt_jax sets, `cgt_jax/xla_cpu.py`) XLA's kernel gradient is the
+  default cgt_jax sets, `cgt_jax/runtime/xla_cpu.py`) XLA's kernel gradient is the
   faster one, and GPUs and TPUs have their own convolution libraries.
   Measured with Eigen (2-core EPYC, docs/PERFORMANCE.md), batch 100: from
   128 channels on the taps win or tie (256 -> 256 at 32 px: 752 ms vs 2595

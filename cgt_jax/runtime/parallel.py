@@ -40,3 +40,19 @@ def sync(name: str):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
+
+
+def local_mesh(mesh) -> jax.sharding.Mesh:
+  """`mesh` on one process; else a mesh of this process's own devices, for
+  work every process repeats on its own (evaluation, sample grids)."""
+  if jax.process_count() == 1:
+    return mesh
+  return make_mesh(jax.local_devices())
+
+
+def local_copy(tree, mesh):
+  """A replicated global pytree as arrays on this process's `local_mesh`
+  (unchanged on one process, where the mesh is already local)."""
+  if jax.process_count() == 1:
+    return tree
+  return jax.device_put(jax.device_get(tree), replicated(local_mesh(mesh)))

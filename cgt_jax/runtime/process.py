@@ -21,12 +21,21 @@ from cgt_jax.runtime import xla_cpu
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def configure(distributed: bool = False):
-  """Sets the process up for cgt_jax (call before any JAX computation)."""
+def configure(distributed: bool = False, **distributed_args):
+  """Sets the process up for cgt_jax (call before any JAX computation).
+
+  Args:
+    distributed: call `jax.distributed.initialize(**distributed_args)`
+      first: on TPU pods and SLURM/MPI clusters JAX finds every argument
+      itself; elsewhere pass `coordinator_address`, `num_processes` and
+      `process_id` (None values are left to JAX).
+  """
   xla_cpu.add_default_flags()
   import jax  # pylint: disable=g-import-not-at-top
   if distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**{
+        k: v for k, v in distributed_args.items() if v is not None
+    })
   if jax.default_backend() == 'gpu':
     _hide_gpus_from_tensorflow()
   configure_logging()
@@ -52,9 +61,9 @@ class _OnlyOurInfo(python_logging.Filter):
 
 def configure_logging():
   """absl logging at INFO for cgt_jax on process 0, WARNING elsewhere."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() > 0:
-    logging.set_verbosity(logging.WARNING)
-    return
-  logging.set_verbosity(logging.INFO)
+  logging.use_absl_handler()
   logging.get_absl_handler().addFilter(_OnlyOurInfo())
+  logging.set_verbosity(logging.WARNING)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    logging.set_verbosity(logging.INFO)

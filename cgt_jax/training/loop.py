@@ -264,7 +264,8 @@ def _grid_sampler(setup, config):
 
 
 def _write_samples(sample_grid, state, step, run):
-  picture = visualize.grid(sample_grid(state.g_variables()), sample_grid.rows)
+  variables = parallel.local_copy(state.g_variables(), run.mesh)
+  picture = visualize.grid(sample_grid(variables), sample_grid.rows)
   run.writer.write_images(step, {'samples': picture[None]})
   if jax.process_index() == 0:
     visualize.save_png(picture,

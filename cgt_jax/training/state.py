@@ -80,7 +80,7 @@ def optimizers(stage_config, g_trainable, d_trainable=None):
   """`(g_optimizer, d_optimizer)` for a stage config (see configs/).
 
   `g_trainable`/`d_trainable`: bool pytrees like the parameters, True where
-  a parameter trains (`cgt_jax.trainable`); `d_trainable=None`: all of D.
+  a parameter trains (`cgt_jax.transfer.groups`); `d_trainable=None`: all of D.
   """
   g_opt = optim.with_frozen(
       optim.adam(stage_config.g_lr, stage_config.adam_b1, stage_config.adam_b2,

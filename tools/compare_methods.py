@@ -1,0 +1,73 @@
+"""Every method on the same data and source model, one table: the paper's
+Table 1 (and, with --methods=table2, its Table 2 ablation) on your data.
+
+    python tools/compare_methods.py --config=configs/demo.py \\
+        --workdir=DIR [--methods=scratch,transfergan,freezed,bsa,kp]
+
+Config overrides work as in `cgt_jax.main`: `--config.transfer.steps=200`.
+Each method (a method or variant name, or the groups `baselines`, `table2`,
+`all`) runs the transfer stage from one source model in DIR/<method>; the
+table goes to DIR/comparison.md (and is printed), with DIR/comparison.json,
+DIR/comparison.png and DIR/samples.png beside it. What runs and how:
+`cgt_jax.experiments.compare`. A rerun skips finished runs and resumes an
+interrupted one.
+
+An unknown method, a bad config or data, and a diverged source model are
+reported as one `error: ...` line (exit status 2).
+"""
+
+import sys
+
+from absl import flags
+
+from cgt_jax.evaluation import comparison
+from cgt_jax.experiments import compare
+from cgt_jax.runtime import cli
+from cgt_jax.training import loop
+from cgt_jax.transfer import methods
+
+_ERRORS = (methods.MethodError,
+           comparison.CompareError) + loop.USER_ERRORS + (ValueError,)
+
+
+def _flags(argv: list) -> flags.FlagValues:
+  """The comparison's flags, on a FlagValues of their own (`runtime.cli`).
+
+  Args:
+    argv: the command line being parsed (program name first): the config
+      flag defines its `--config.*` override flags from it.
+  """
+  values = flags.FlagValues()
+  cli.define_config(values, argv, lock_config=True)
+  cli.define_path(
+      'workdir',
+      None,
+      'Folder of the source and method runs.',
+      values,
+      required=True)
+  flags.DEFINE_string(
+      'methods',
+      'baselines',
+      'Comma-separated method or variant names, or a group: '
+      "'baselines' (scratch, transfergan, freezed, bsa, kp), 'table2' (the "
+      "Table 2 ablations), 'all'. Known: " + ', '.join(methods.NAMES),
+      flag_values=values)
+  return values
+
+
+def _run(args) -> int:
+  # Names first: a typo fails before any training starts.
+  names = methods.names_of(args.methods)
+  print(compare.compare_methods(args.config, args.workdir, names))
+  print(f'wrote {args.workdir}/comparison.md, comparison.json, '
+        'comparison.png and samples.png')
+  return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(
+      _flags(cli.command_line(argv)), _run, argv, __doc__, errors=_ERRORS)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
