@@ -63,13 +63,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.dtype = 'float32'  # 'bfloat16' for accelerators
 
   # How the transfer stage learns the new classes (cgt_jax/transfer/methods.py):
-  # 'kp' (ours), a baseline ('scratch', 'transfergan', 'freezed', 'bsa') or
-  # a variant ('kp_finetune', the Table 2 ablations such as 'kp_no_l1').
+  # 'kp' (ours), a baseline ('scratch', 'transfergan', 'freezed', 'bsa',
+  # 'minegan') or a variant ('kp_finetune', the Table 2 ablations such as
+  # 'kp_no_l1').
   config.method = 'kp'
   config.method_options = o = ml_collections.ConfigDict()
   o.new_class_init = 'mean'  # transfergan/freezed new rows: 'mean' | 'fresh'
   o.frozen_d_blocks = 2  # freezed: lowest D blocks (and their attention)
   o.bsa_start = 'mean'  # bsa vectors start at: 'mean' | 'identity'
+  # minegan: the transfer budget (transfer.num_steps) is split into
+  # mining (G frozen) and then miner + G; learning rates and Adam eps are
+  # the authors' script's (the miner uses G's optimiser settings).
+  o.minegan = g = ml_collections.ConfigDict()
+  g.mining_steps = 300
+  g.mining_g_lr = 1e-4
+  g.mining_d_lr = 4e-4
+  g.g_lr = 1e-4
+  g.d_lr = 4e-4
+  g.adam_eps = 1e-6
+  # The published set-up: ONE target class, D without class projection.
+  g.single_target = False
+  # The adversarial loss of the transfer and fine-tuning stages: 'hinge',
+  # 'non_saturating', or '' for the method's own (non_saturating for
+  # minegan, hinge for the others); pretraining uses BigGAN's hinge.
+  config.loss = ''
   # Transfer-stage fields per method, e.g. method_overrides.transfergan =
   # {'g_lr': 2e-4}: full fine-tuning wants other learning rates than KP.
   config.method_overrides = ml_collections.ConfigDict()

@@ -9,6 +9,7 @@ everywhere else.
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 # Must be set before jax initialises its backends.
@@ -17,6 +18,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One cache per test run, shared by its workers (xdist names the run) and,
 # through the environment, by the processes the tests start.
 _RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+# The process that starts the run (not an xdist worker) removes what the
+# run cached when it ends, unless the cache was the user's own.
+_OWNS_CACHES = ('JAX_COMPILATION_CACHE_DIR' not in os.environ and
+                'PYTEST_XDIST_WORKER' not in os.environ)
 _CACHE = os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(
     pathlib.Path(tempfile.gettempdir()) /
     f'cgt_jax_xla_cache_{_RUN}' if _RUN else tempfile.mkdtemp(
@@ -46,12 +51,20 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 # time than they save at run time (about 3x faster compiles).
 jax.config.update('jax_disable_most_optimizations', True)
 
+# Beside the compilation cache, whose name every process of the run shares.
+_EVAL_CACHE = pathlib.Path(_CACHE + '_eval')
+
 
 @pytest.fixture(scope='session')
 def eval_cache() -> pathlib.Path:
   """One evaluation cache for the run's tiny jobs (the domain classifier and
   reference statistics of the same tiny data), shared by the workers."""
-  path = pathlib.Path(
-      tempfile.gettempdir()) / (f'cgt_jax_eval_cache_{_RUN or os.getpid()}')
-  path.mkdir(exist_ok=True)
-  return path
+  _EVAL_CACHE.mkdir(exist_ok=True)
+  return _EVAL_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWNS_CACHES:
+    shutil.rmtree(_CACHE, ignore_errors=True)
+    shutil.rmtree(_EVAL_CACHE, ignore_errors=True)

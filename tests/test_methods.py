@@ -65,10 +65,10 @@ EXPECTED_G = {
 # Each method's transfer-stage losses: the KP variants add eq. 7's terms
 # with (lambda_s, lambda_r); the baselines have no regulariser at all.
 EXPECTED_LOSSES = {
-    'kp': losses.KnowledgePropagationHinge(0.01, 0.01),
-    'kp_no_reg': losses.KnowledgePropagationHinge(0.0, 0.0),
-    'kp_no_l1': losses.KnowledgePropagationHinge(0.0, 0.01),
-    'kp_no_l2': losses.KnowledgePropagationHinge(0.01, 0.0),
+    'kp': losses.KnowledgePropagationLosses(0.01, 0.01),
+    'kp_no_reg': losses.KnowledgePropagationLosses(0.0, 0.0),
+    'kp_no_l1': losses.KnowledgePropagationLosses(0.0, 0.01),
+    'kp_no_l2': losses.KnowledgePropagationLosses(0.01, 0.0),
     'bsa': losses.Hinge(),
     'transfergan': losses.Hinge(),
     'scratch': losses.Hinge(),

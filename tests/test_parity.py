@@ -124,8 +124,8 @@ def test_regularisers_and_generator_loss(name):
         train=train,
         mutable=['sn'] if train else False)
     d_fake = d_fake[0] if train else d_fake
-    loss = losses.KnowledgePropagationHinge(scales['comb_l1_scale'],
-                                            scales['res_l2_scale'])
+    loss = losses.KnowledgePropagationLosses(scales['comb_l1_scale'],
+                                             scales['res_l2_scale'])
     total, terms = loss.generator(d_fake, case.g_variables['params'])
     assert_close(terms['g_hinge'], reg['g_hinge'][mode])
     assert_close(total, reg['g_total_loss'][mode])

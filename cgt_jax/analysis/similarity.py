@@ -25,6 +25,13 @@ from cgt_jax.models import kp
 SHARED_LAYER = 'shared'  # the name of a generator's one shared pair
 
 
+def applies_to(generator) -> bool:
+  """Whether `generator` has knowledge propagation to analyse (a `kp`
+  transfer; BSA's free vectors and MineGAN's miners have no similarity)."""
+  return bool(getattr(generator, 'num_new_classes', 0)) and isinstance(
+      generator.new_classes, kp.KPOptions)
+
+
 def _check_transferred(generator):
   if not getattr(generator, 'num_new_classes', 0):
     raise ValueError('this generator has no new classes, hence no knowledge '

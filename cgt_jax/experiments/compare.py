@@ -32,6 +32,7 @@ from absl import logging
 from cgt_jax.evaluation import comparison
 from cgt_jax.training import loop
 from cgt_jax.transfer import methods
+from cgt_jax.transfer import stages
 
 
 @dataclasses.dataclass
@@ -41,6 +42,7 @@ class MethodRun:
   workdir: pathlib.Path
   stage_dirs: list  # the stages its curve runs through, in order
   error: str = ''
+  loss: str = ''  # the adversarial loss it trained with
 
 
 def source_model(config, workdir: pathlib.Path) -> str:
@@ -65,17 +67,19 @@ def run_method(name, config, workdir, source, done) -> MethodRun:
     if base not in done:
       done[base] = run_method(base, config, workdir, source, done)
     if done[base].error:
-      return MethodRun(name, workdir / name, [], f'{base}: {done[base].error}')
+      return MethodRun(name, workdir / name, [], f'{base}: {done[base].error}',
+                       done[base].loss)
     run.source_checkpoint = str(done[base].stage_dirs[0] / 'model')
     stage, stage_dirs = 'finetune', list(done[base].stage_dirs)
   run.stages = (stage,)
-  stage_dirs.append(workdir / name / stage)
+  plan = stages.resolve(run)  # MineGAN adds its second stage
+  stage_dirs += [workdir / name / s for s in plan.stages]
   logging.info('== %s: %s', name, methods.summary(name))
   try:
     loop.train_and_evaluate(run, workdir / name)
   except loop.TrainingDiverged as error:
-    return MethodRun(name, workdir / name, [], f'diverged: {error}')
-  return MethodRun(name, workdir / name, stage_dirs)
+    return MethodRun(name, workdir / name, [], f'diverged: {error}', plan.loss)
+  return MethodRun(name, workdir / name, stage_dirs, loss=plan.loss)
 
 
 def method_curve(run: MethodRun, metric: str):
@@ -104,19 +108,19 @@ def table(rows, metric: str) -> str:
   """Markdown: one row per method (errors included)."""
   direction = 'higher' if metric in comparison.HIGHER_IS_BETTER else 'lower'
   lines = [
-      f'| method | what learns the new classes | trainable G / D params | '
-      f'best {metric} ({direction} is better) | iteration of best | final '
-      f'{metric} | class accuracy at best | wall time (s) |',
-      '|---|---|---|---|---|---|---|---|',
+      f'| method | what learns the new classes | loss | trainable G / D '
+      f'params | best {metric} ({direction} is better) | iteration of best '
+      f'| final {metric} | class accuracy at best | wall time (s) |',
+      '|---|---|---|---|---|---|---|---|---|',
   ]
   for row in rows:
     if 'error' in row:
-      lines.append(f'| {row["method"]} | {row["summary"]} | - | '
-                   f'{row["error"]} | - | - | - | - |')
+      lines.append(f'| {row["method"]} | {row["summary"]} | {row["loss"]} | '
+                   f'- | {row["error"]} | - | - | - | - |')
       continue
     accuracy = row.get('class_accuracy_at_best')
     lines.append(
-        f'| {row["method"]} | {row["summary"]} | '
+        f'| {row["method"]} | {row["summary"]} | {row["loss"]} | '
         f'{row["trainable_g"]:,} / {row["trainable_d"]:,} | '
         f'{row["best"]:.4g} | {row["best_step"]} | {row["final"]:.4g} | '
         f'{"-" if accuracy is None else f"{accuracy:.2f}"} | '
@@ -128,7 +132,11 @@ def summarise(runs, metric):
   """Table rows and the curves of the runs that finished."""
   rows, curves = [], []
   for run in runs:
-    row = {'method': run.name, 'summary': methods.summary(run.name)}
+    row = {
+        'method': run.name,
+        'summary': methods.summary(run.name),
+        'loss': run.loss
+    }
     if run.error:
       rows.append({**row, 'error': run.error.split('; ')[0]})
       continue

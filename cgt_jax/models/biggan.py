@@ -11,6 +11,7 @@ Parameter tree (generator), `i` the block index:
     linear/{kernel, bias}                   z (chunk) -> C0 * 4 * 4, channel-major
     block_i/{bn1, bn2}/{gain, bias}/...     source conditional BN
     block_i/{bn1, bn2}/kp/...               knowledge propagation (M > 0)
+    miner/classes/{z_i, class_i}/...        MineGAN's miners, [M, ...] (M > 0)
     block_i/{conv1, conv2, conv_sc}/{kernel, bias}
     attention_i/{theta, phi, g, o, gamma}   after block i
     output_bn/{scale, bias}, output_conv/{kernel, bias}
@@ -108,10 +109,12 @@ class Generator(nn.Module):
     hier: hierarchical z (one chunk for the first linear + one per block).
     attention: output resolutions followed by a self-attention block.
     weights_init: 'ortho' or 'N02'. bn_eps / sn_eps: as BigGAN's BN_eps / SN_eps.
-    new_classes: how new classes get their BN parameters (used when M > 0):
-      `kp.KPOptions` (knowledge propagation, its Table 2 switches) or
-      `bsa.FreeVectors` (the BSA baseline). Its KP variant follows the
-      source form (`kp.variant_for(shared_dim)`).
+    new_classes: how new classes are rendered (used when M > 0), a
+      `new_classes.NewClassForm`: `kp.KPOptions` (knowledge propagation,
+      its Table 2 switches), `bsa.FreeVectors` (the BSA baseline), both new
+      BN layers whose KP variant follows the source form
+      (`kp.variant_for(shared_dim)`), or `minegan.Miners` (MineGAN: a
+      module in front of G).
   """
   resolution: int
   num_classes: int
@@ -152,9 +155,16 @@ class Generator(nn.Module):
     """z `[B, dim_z]`, labels `[B]` global ints -> images `[B, R, R, 3]`."""
     self._validate()
     check_labels(labels, self.num_labels)
+    form = self.new_classes if self.num_new_classes else None
+    new_bn = form and form.bn_layers(self.num_classes, self.num_new_classes,
+                                     kp.variant_for(self.shared_dim),
+                                     self.sn_eps, self.weights_init)
+    z, mined_class = self._front(form, z, labels, train)
+    # A form may keep G's statistics as the source model left them.
+    train = train and (form is None or form.trains_generator_statistics)
     ins, outs, resolutions = self._arch()
     chunks = jnp.split(z, self.num_slots, axis=-1) if self.hier else [z]
-    class_embedding = None
+    class_embedding = mined_class  # per-class tables: mixture weights
     if self.shared_dim:
       class_embedding = nn.Embed(
           self.num_classes,
@@ -162,6 +172,9 @@ class Generator(nn.Module):
           name='shared',
           embedding_init=layers.weight_init(self.weights_init))(
               jnp.clip(labels, 0, self.num_classes - 1))
+      if mined_class is not None:
+        class_embedding = jnp.where((labels >= self.num_classes)[:, None],
+                                    mined_class, class_embedding)
     h = layers.SNDense(
         ins[0] * self.bottom_width**2,
         eps=self.sn_eps,
@@ -171,7 +184,7 @@ class Generator(nn.Module):
     # PyTorch views the linear output as NCHW [B, C, 4, 4].
     h = h.reshape(-1, ins[0], self.bottom_width, self.bottom_width)
     h = h.transpose(0, 2, 3, 1)
-    bn = self._bn_factory()
+    bn = self._bn_factory(new_bn)
     attention = layers.attention_positions(resolutions, self.attention)
     for i, out_channels in enumerate(outs):
       z_chunk = chunks[i + 1] if self.hier else None
@@ -189,7 +202,7 @@ class Generator(nn.Module):
             self.dtype,
             name=f'attention_{i}')(h, train)
     source_samples = None
-    if self.num_new_classes:
+    if new_bn is not None:
       source_samples = labels < self.num_classes
     h = nn.relu(
         layers.AffineBatchNorm(dtype=self.dtype,
@@ -203,23 +216,30 @@ class Generator(nn.Module):
         name='output_conv')(h, train)
     return jnp.tanh(h.astype(jnp.float32))
 
+  def _front(self, form, z, labels, train):
+    """`(z, class vector)`: the form's front module's output (MineGAN: the
+    mined latent and class vector of new-class samples, None elsewhere),
+    else `(z, None)`."""
+    front = form and form.front(
+        self.num_classes, self.num_new_classes, self.dim_z, self.shared_dim or
+        self.num_classes, not self.shared_dim, self.sn_eps, self.weights_init)
+    if front is None:
+      return z, None
+    z, mined_class, _ = front(z, labels, self.num_classes, train)
+    return z, mined_class
+
   def _arch(self):
     ins, outs, resolutions = G_ARCH[self.resolution]
     return ([m * self.ch for m in ins], [m * self.ch for m in outs],
             resolutions)
 
-  def _bn_factory(self):
+  def _bn_factory(self, new_class_layer):
     """A partial building every conditional BN layer alike."""
-    new_class_layer = None
-    if self.num_new_classes:
-      new_class_layer = self.new_classes.bn_layers(
-          self.num_classes, self.num_new_classes,
-          kp.variant_for(self.shared_dim), self.sn_eps, self.weights_init)
     return _partial(
         ccbn.ClassConditionalBatchNorm,
         num_classes=self.num_classes,
         cond_dim=self.shared_dim,
-        num_new_classes=self.num_new_classes,
+        num_new_classes=self.num_new_classes if new_class_layer else 0,
         new_class_layer=new_class_layer,
         eps=self.bn_eps,
         sn_eps=self.sn_eps,
@@ -273,11 +293,14 @@ class Discriminator(nn.Module):
       (cGANTransfer's fresh projection), addressed by global labels N + k.
     source_projection: keep the source table (False for a cGANTransfer D,
       which drops it); source labels are then rejected.
+    projection: False drops the class term: `linear(h)` alone, an
+      unconditional D (MineGAN's single-target set-up).
   """
   resolution: int
   num_classes: int
   num_new_classes: int = 0
   source_projection: bool = True
+  projection: bool = True
   ch: int = 64
   attention: Sequence[int] = ()
   weights_init: str = 'N02'
@@ -314,6 +337,8 @@ class Discriminator(nn.Module):
         eps=self.sn_eps,
         kernel_init=layers.weight_init(self.weights_init),
         name='linear')(features, train)
+    if not self.projection:
+      return out
     return out + jnp.sum(
         self._project(labels, features.shape[-1], train) * features,
         axis=1,

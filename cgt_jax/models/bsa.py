@@ -18,6 +18,7 @@ from typing import Any, Optional
 from flax import linen as nn
 
 from cgt_jax.models import kp
+from cgt_jax.models import new_classes
 
 MODULE = 'bsa'
 
@@ -29,7 +30,7 @@ def part_of(path: str) -> Optional[kp.Part]:
 
 
 @dataclasses.dataclass(frozen=True)
-class FreeVectors:
+class FreeVectors(new_classes.NewClassForm):
   """The generator's new-class layer form for BSA (no options)."""
 
   def bn_layers(self, num_source: int, num_new: int, variant: kp.Variant,

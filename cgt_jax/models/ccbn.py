@@ -52,7 +52,9 @@ class ClassConditionalBatchNorm(nn.Module):
                class_embedding=None,
                z_chunk=None,
                train: bool = False):
-    """x `[B, H, W, C]`, labels `[B]` int, class_embedding `[B, cond_dim]`."""
+    """x `[B, H, W, C]`, labels `[B]` int, class_embedding `[B, cond_dim]`
+    (shared form; per-class tables: None, or MineGAN's mixture weights
+    `[B, N]` for labels >= N, see `_table_gain_bias`)."""
     is_new = labels >= self.num_classes
     gain, bias = self._source_gain_bias(
         x.shape[-1],
@@ -79,10 +81,7 @@ class ClassConditionalBatchNorm(nn.Module):
     """The source classes' `(1 + gain, bias)` `[B, C]` (BigGAN ccbn)."""
     init = layers.weight_init(self.weights_init)
     if not self.cond_dim:
-      source = jnp.clip(labels, 0, self.num_classes - 1)
-      table = lambda name: nn.Embed(
-          self.num_classes, features, embedding_init=init, name=name)
-      return 1 + table('gain')(source), table('bias')(source)
+      return self._table_gain_bias(features, labels, class_embedding, init)
     cond = class_embedding
     if z_chunk is not None:
       cond = jnp.concatenate([class_embedding, z_chunk], axis=-1)
@@ -90,3 +89,19 @@ class ClassConditionalBatchNorm(nn.Module):
         features, use_bias=False, eps=self.sn_eps, kernel_init=init, name=name)
     return (1 + linear('gain')(cond, train, used), linear('bias')(cond, train,
                                                                   used))
+
+  def _table_gain_bias(self, features, labels, mixture, init):
+    """Per-class tables: each label's rows; with `mixture` `[B, N]`
+    (MineGAN's mined class vectors), labels >= N take the mixture's
+    weighted sum of the N source rows instead."""
+    source = jnp.clip(labels, 0, self.num_classes - 1)
+    gain_bias = []
+    for name in ('gain', 'bias'):
+      table = nn.Embed(
+          self.num_classes, features, embedding_init=init, name=name)
+      rows = table(source)
+      if mixture is not None:
+        mixed = jnp.dot(mixture, table.embedding)
+        rows = jnp.where((labels >= self.num_classes)[:, None], mixed, rows)
+      gain_bias.append(rows)
+    return 1 + gain_bias[0], gain_bias[1]

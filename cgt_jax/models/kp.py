@@ -51,6 +51,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from cgt_jax.models import layers
+from cgt_jax.models import new_classes
 
 # Spectral-norm eps of the layers cGANTransfer adds with PyTorch's default
 # (similarity and z projection); the prior uses the source model's SN eps.
@@ -141,7 +142,7 @@ def variant_for(shared_dim: int) -> Variant:
 
 
 @dataclasses.dataclass(frozen=True)
-class KPOptions:
+class KPOptions(new_classes.NewClassForm):
   """Architecture switches of knowledge propagation (the paper's Table 2).
 
   Attributes:

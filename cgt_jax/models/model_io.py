@@ -30,12 +30,17 @@ from cgt_jax.models import biggan
 from cgt_jax.models import biggan_deep
 from cgt_jax.models import bsa
 from cgt_jax.models import kp
+from cgt_jax.models import minegan
 from cgt_jax.runtime import parallel
 
 ARCHITECTURE_FILE = 'architecture.json'
 VARIABLES_DIR = 'variables'
 # The generator's new-class layer forms, by their tag in architecture.json.
-NEW_CLASS_FORMS = {'kp': kp.KPOptions, 'bsa': bsa.FreeVectors}
+NEW_CLASS_FORMS = {
+    'kp': kp.KPOptions,
+    'bsa': bsa.FreeVectors,
+    'minegan': minegan.Miners
+}
 
 
 class ModelDirError(ValueError):

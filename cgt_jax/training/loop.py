@@ -96,7 +96,7 @@ def run_stage(stage, plan, workdir, mesh, data, previous_model):
                            plan.config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
   evaluate = None
-  if plan.config[stage].eval_every or plan.config.eval.final:
+  if plan.stage_config(stage).eval_every or plan.config.eval.final:
     evaluate = evaluator_lib.make(plan.config, spec.generator, spec.dataset,
                                   data, mesh)
   metric, mode = evaluator_lib.best_metric(plan.config)
@@ -108,7 +108,8 @@ def run_stage(stage, plan, workdir, mesh, data, previous_model):
     state = checkpoints.restore_latest(
         checkpointing.abstract_like(state, parallel.replicated(mesh)))
     logging.info('[%s] resumed from step %d', stage, int(state.step))
-  run = _StageRun(spec, plan.config, plan.config[stage], mesh, checkpoints,
+  run = _StageRun(spec, plan.config,
+                  plan.stage_config(stage), mesh, checkpoints,
                   reporting.make_writer(stage_dir), stage_dir, evaluate)
   start = time.perf_counter()
   try:

@@ -8,6 +8,7 @@ terms (a regulariser on its own parameters, another head's loss) is a new
 """
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -29,6 +30,7 @@ def hinge_generator(d_fake):
 @dataclasses.dataclass(frozen=True)
 class Hinge:
   """BigGAN's hinge losses."""
+  name = 'hinge'
 
   def discriminator(self, d_real, d_fake):
     loss_real, loss_fake = hinge_discriminator_terms(d_real, d_fake)
@@ -44,17 +46,44 @@ class Hinge:
 
 
 @dataclasses.dataclass(frozen=True)
-class KnowledgePropagationHinge(Hinge):
-  """The paper's eq. 7: hinge + lambda_s * L1(S) + lambda_r * L2(r)."""
+class NonSaturating:
+  """The non-saturating GAN loss (Goodfellow et al. 2014), MineGAN's:
+  D minimises softplus(-D(x)) + softplus(D(G(z))) (the logistic loss of
+  real against fake), G minimises softplus(-D(G(z))) = -log sigmoid(D)."""
+  name = 'non_saturating'
+
+  def discriminator(self, d_real, d_fake):
+    loss_real = jnp.mean(nn.softplus(-d_real))
+    loss_fake = jnp.mean(nn.softplus(d_fake))
+    return loss_real + loss_fake, {
+        'd_loss_real': loss_real,
+        'd_loss_fake': loss_fake
+    }
+
+  def generator(self, d_fake, g_params):
+    del g_params
+    adversarial = jnp.mean(nn.softplus(-d_fake))
+    return adversarial, {'g_non_saturating': adversarial}
+
+
+# The adversarial losses a run can choose (`config.loss`).
+ADVERSARIAL = {loss.name: loss for loss in (Hinge, NonSaturating)}
+
+
+@dataclasses.dataclass(frozen=True)
+class KnowledgePropagationLosses:
+  """The paper's eq. 7: L_g + lambda_s * L1(S) + lambda_r * L2(r), with
+  the adversarial loss L_g (and D's loss) of `adversarial` (the paper's:
+  hinge)."""
   similarity_l1: float = 0.0
   residual_l2: float = 0.0
+  adversarial: Any = Hinge()
+
+  def discriminator(self, d_real, d_fake):
+    return self.adversarial.discriminator(d_real, d_fake)
 
   def generator(self, d_fake, g_params):
     l1, l2 = kp.regularizers(g_params)
-    adversarial = hinge_generator(d_fake)
+    adversarial, terms = self.adversarial.generator(d_fake, g_params)
     loss = adversarial + self.similarity_l1 * l1 + self.residual_l2 * l2
-    return loss, {
-        'g_hinge': adversarial,
-        'similarity_l1': l1,
-        'residual_l2': l2
-    }
+    return loss, {**terms, 'similarity_l1': l1, 'residual_l2': l2}

@@ -17,6 +17,8 @@ The authors' `requires_grad` toggling, in these terms:
   prior, z projection, residuals), minus the prior for the "frozen prior"
   ablation;
 * fine-tuning (their stage `FT`): all but similarity and prior.
+
+MineGAN: `MINER` while mining, then `SOURCE | MINER`.
 """
 
 import re
@@ -26,6 +28,7 @@ from flax import traverse_util
 
 from cgt_jax.models import bsa
 from cgt_jax.models import kp
+from cgt_jax.models import minegan
 
 # Groups of a plain BigGAN generator, by layer name.
 SOURCE_GROUPS = {
@@ -51,6 +54,8 @@ _BSA_GROUPS = {
 SOURCE = frozenset(SOURCE_GROUPS)
 KNOWLEDGE_PROPAGATION = frozenset(_KP_GROUPS.values())
 BSA_VECTORS = frozenset(_BSA_GROUPS.values())
+MINER = frozenset({'miner'})  # MineGAN's miners in front of G
+ALL = SOURCE | KNOWLEDGE_PROPAGATION | BSA_VECTORS | MINER
 
 
 def group_of(path: str) -> str:
@@ -62,6 +67,8 @@ def group_of(path: str) -> str:
   part = bsa.part_of(path)
   if part is not None:
     hits.append(_BSA_GROUPS[part])
+  if minegan.is_miner_parameter(path):
+    hits.append('miner')
   hits += [
       name for name, rule in SOURCE_GROUPS.items() if re.search(rule, path)
   ]
@@ -74,7 +81,7 @@ def group_of(path: str) -> str:
 
 def generator_mask(params: Mapping, trained: frozenset) -> dict:
   """A pytree like `params`, True where the parameter's group trains."""
-  unknown = set(trained) - SOURCE - KNOWLEDGE_PROPAGATION - BSA_VECTORS
+  unknown = set(trained) - ALL
   if unknown:
     raise ValueError(f'unknown generator groups {sorted(unknown)}')
   flat = traverse_util.flatten_dict(dict(params), sep='/')

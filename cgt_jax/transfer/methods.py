@@ -12,6 +12,8 @@ and evaluation are shared:
 | freezed     | as transfergan                          | everything     | low k frozen |
 | bsa         | the source + free per-class BN vectors  | those vectors  | all |
 | kp          | the source + knowledge propagation      | the KP layers  | all |
+| minegan     | the source + a miner per class in front | miners, then   | all |
+|             | of G (two stages)                       | miners + G     |     |
 
 A method object says:
 
@@ -21,8 +23,10 @@ A method object says:
   source or another D head is a matter of what this returns;
 * `generator_groups(stage)` / `frozen_d_blocks`: what trains
   (`cgt_jax.transfer.groups`);
-* `losses(stage_config)`: its D and G losses (`cgt_jax.training.losses`);
-* `stages(requested)`: which stages apply to it.
+* `losses(stage_config, adversarial)`: its D and G losses
+  (`cgt_jax.training.losses`; `adversarial` is the run's choice);
+* `stages(requested)`: which stages apply to it, and
+  `stage_config(stage, config)` the settings each trains with.
 
 Adding a method is one subclass here (or a module beside it) plus its tests.
 Variants are named sets of config switches on a method: the paper's Table 2
@@ -39,6 +43,7 @@ import jax.numpy as jnp
 from cgt_jax.models import biggan
 from cgt_jax.models import bsa
 from cgt_jax.models import kp
+from cgt_jax.models import minegan
 from cgt_jax.models import variables as variables_lib
 from cgt_jax.training import losses as losses_lib
 from cgt_jax.transfer import groups
@@ -104,6 +109,8 @@ class Method:
   # Whether a fine-tuning stage (sec. 5.4) can follow: it needs a
   # new-class layer to keep apart from the source generator.
   can_finetune = False
+  # The adversarial loss when `config.loss` is '' (`losses.ADVERSARIAL`).
+  default_loss = 'hinge'
 
   @classmethod
   def from_config(cls, name: str, summary: str, config) -> 'Method':
@@ -137,10 +144,16 @@ class Method:
     """How many of the lowest D blocks stay frozen in the transfer stage."""
     return 0
 
-  def losses(self, stage_config):
-    """The D and G losses of the method's stages (`training.losses`)."""
+  def losses(self, stage_config, adversarial):
+    """The D and G losses of the method's stages (`training.losses`):
+    the run's `adversarial` loss plus the method's own terms."""
     del stage_config
-    return losses_lib.Hinge()
+    return adversarial
+
+  def stage_config(self, stage: str, config):
+    """The settings `stage` trains with (`config[stage]` unless the method
+    derives them, as MineGAN derives its two stages from `transfer`)."""
+    return config[stage]
 
   def _extended(self, source: Models, generator, context: BuildContext,
                 g_variables: Callable) -> Models:
@@ -274,9 +287,95 @@ class KnowledgePropagation(Method):
       return groups.KNOWLEDGE_PROPAGATION
     return groups.KNOWLEDGE_PROPAGATION - {'prior'}
 
-  def losses(self, stage_config):
-    return losses_lib.KnowledgePropagationHinge(stage_config.similarity_l1,
-                                                stage_config.residual_l2)
+  def losses(self, stage_config, adversarial):
+    return losses_lib.KnowledgePropagationLosses(stage_config.similarity_l1,
+                                                 stage_config.residual_l2,
+                                                 adversarial)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentMining(Method):
+  """MineGAN (Wang et al. 2020): an affine miner per new class in front of
+  the source G (`models.minegan`), mined first with G frozen (the
+  `transfer` stage), then trained together with G (the `finetune` stage).
+
+  The run's transfer budget, `transfer.num_steps`, is split: the first
+  `method_options.minegan.mining_steps` iterations mine, the rest train
+  miner and G; both stages otherwise keep the transfer stage's settings,
+  with MineGAN's learning rates and Adam eps (`method_options.minegan`).
+  """
+  options: Any = None  # config.method_options.minegan
+  can_finetune = True
+  default_loss = 'non_saturating'
+
+  @classmethod
+  def from_config(cls, name, summary, config):
+    return cls(name, summary, config.method_options.minegan)
+
+  def check(self, config):
+    budget, mining = config.transfer.num_steps, self.options.mining_steps
+    if not 0 < mining < budget:
+      raise MethodError(
+          f'config.method_options.minegan.mining_steps={mining} must be '
+          f'between 1 and config.transfer.num_steps - 1 = {budget - 1} '
+          '(MineGAN mines for the first mining_steps of the transfer '
+          'budget, then trains G too): lower it or raise '
+          'config.transfer.num_steps')
+    overridden = {'g_lr', 'd_lr', 'adam_eps'} & set(
+        config.get('method_overrides', {}).get(self.name, {}))
+    if overridden:
+      raise MethodError(
+          f'config.method_overrides.{self.name} sets {sorted(overridden)}, '
+          'which MineGAN takes from config.method_options.minegan '
+          '(mining_g_lr, mining_d_lr, g_lr, d_lr, adam_eps): set them there')
+    targets = len(config.data.target_classes)
+    if self.options.single_target and targets > 1:
+      raise MethodError(
+          'config.method_options.minegan.single_target=True is the '
+          f'published set-up for ONE target class, but {targets} are '
+          'configured: set config.data.target_classes to one class or '
+          'single_target=False')
+
+  def stages(self, requested):
+    if 'transfer' in requested:  # stage 2 always follows the mining stage
+      requested = _add_finetune(requested)
+    return super().stages(requested)
+
+  def stage_config(self, stage, config):
+    if stage not in ('transfer', 'finetune'):
+      return config[stage]
+    options, derived = self.options, copy.deepcopy(config.transfer)
+    mining = stage == 'transfer'
+    derived.num_steps = (
+        options.mining_steps if mining else config.transfer.num_steps -
+        options.mining_steps)
+    derived.g_lr = options.mining_g_lr if mining else options.g_lr
+    derived.d_lr = options.mining_d_lr if mining else options.d_lr
+    derived.adam_eps = options.adam_eps
+    return derived
+
+  def models(self, source, context):
+    if self.options.single_target and context.num_new != 1:
+      raise MethodError(
+          'config.method_options.minegan.single_target=True needs exactly '
+          f'one target class, the data has {context.num_new}: keep one '
+          'class or set single_target=False')
+    generator = source.generator.clone(
+        num_new_classes=context.num_new,
+        new_classes=minegan.Miners(),
+        dtype=context.dtype)
+    models = self._extended(
+        source, generator, context,
+        lambda fresh: surgery.init_from_source(source.g_variables, fresh))
+    if self.options.single_target:  # the authors' D: no class projection
+      models = dataclasses.replace(
+          models, discriminator=models.discriminator.clone(projection=False))
+    return models
+
+  def generator_groups(self, stage):
+    if stage == 'finetune':
+      return groups.SOURCE | groups.MINER
+    return groups.MINER
 
 
 # ----------------------------------------------------------------------------
@@ -292,6 +391,9 @@ METHODS = {
     'bsa': (FreeVectors,
             'frozen G, free per-class BN scale/shift (Noguchi & Harada 2019)'),
     'kp': (KnowledgePropagation, 'knowledge propagation (cGANTransfer, ours)'),
+    'minegan': (LatentMining,
+                'mine G\'s latent and class inputs, then fine-tune (Wang et '
+                'al. 2020)'),
 }
 
 

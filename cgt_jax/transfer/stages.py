@@ -45,10 +45,18 @@ class Plan:
     method: the transfer method.
     stages: the stages this run trains, in order (`pretrain` is left out
       when a source model is given).
+    loss: the adversarial loss of the transfer and fine-tuning stages
+      (`config.loss`, else the method's default; pretraining is BigGAN's
+      hinge loss).
   """
   config: Any
   method: methods.Method
   stages: tuple
+  loss: str = 'hinge'
+
+  def stage_config(self, stage: str):
+    """The settings `stage` trains with (the method may derive them)."""
+    return self.method.stage_config(stage, self.config)
 
   @property
   def source_checkpoint(self) -> Optional[str]:
@@ -85,7 +93,7 @@ def resolve(config) -> Plan:
   trained = tuple(
       s for s in config.stages
       if not (s == 'pretrain' and config.source_checkpoint))
-  return Plan(config, method, trained)
+  return Plan(config, method, trained, config.loss or method.default_loss)
 
 
 def _check_choice(name, value, choices):
@@ -121,8 +129,9 @@ def _validate(config, method):
   _check_choice('model.resolution', config.model.resolution,
                 sorted(biggan.G_ARCH))
   _check_choice('dtype', config.dtype, ('float32', 'bfloat16'))
+  _check_choice('loss', config.loss, ('',) + tuple(losses_lib.ADVERSARIAL))
   for stage in chosen:
-    _validate_stage(stage, config[stage])
+    _validate_stage(stage, method.stage_config(stage, config))
 
 
 def _validate_stage(stage, c):
@@ -308,16 +317,16 @@ def training_setup(stage: str, plan: Plan, models: methods.Models,
   Pretraining trains a whole BigGAN with the hinge loss; the transfer and
   fine-tuning stages train what the method says, with its losses.
   """
+  c = plan.stage_config(stage)
   if stage == 'pretrain':
     trained, frozen, losses = groups.SOURCE, 0, losses_lib.Hinge()
   else:
     method = plan.method
     trained = method.generator_groups(stage)
     frozen = method.frozen_d_blocks() if stage == 'transfer' else 0
-    losses = method.losses(plan.config[stage])
+    losses = method.losses(c, losses_lib.ADVERSARIAL[plan.loss]())
   g_mask = groups.generator_mask(models.g_variables['params'], trained)
   d_mask = groups.discriminator_mask(models.d_variables['params'], frozen)
-  c = plan.config[stage]
   d_frozen = not all(jax.tree_util.tree_leaves(d_mask))
   g_opt, d_opt = state_lib.optimizers(c, g_mask, d_mask if d_frozen else None)
   setup = state_lib.StageSetup(

@@ -1,0 +1,35 @@
+"""How an extended generator treats its new classes: the form protocol.
+
+A `biggan.Generator` with M > 0 new classes (labels N..N+M-1) asks its
+`new_classes` form, once per call, for
+
+* `bn_layers(...)`: a factory of the layer that gives new classes their
+  conditional-BN scale and shift (knowledge propagation, BSA's free
+  vectors), or None: new classes then use the source BN layers;
+* `front(...)`: a module in front of G that maps each new-class sample's
+  latent to G's inputs (MineGAN's miners), or None;
+* `trains_generator_statistics`: whether G's BN running statistics and
+  spectral-norm vectors advance in train mode (False: G runs with the
+  source model's, as MineGAN's authors run their pretrained G).
+
+The forms are `kp.KPOptions`, `bsa.FreeVectors` and `minegan.Miners`;
+model directories name them by a tag (`model_io.NEW_CLASS_FORMS`).
+"""
+
+
+class NewClassForm:
+  """Defaults of the protocol: no BN layers, no front, statistics train."""
+  trains_generator_statistics = True
+
+  def bn_layers(self, num_source, num_new, variant, sn_eps, weights_init):
+    """None, or `(features, z_dim) -> module` giving `(gain, bias)`."""
+    del num_source, num_new, variant, sn_eps, weights_init
+    return None
+
+  def front(self, num_source, num_new, dim_z, class_width, mixture, sn_eps,
+            weights_init):
+    """None, or a module `(z, labels, num_source, train) -> (z', c',
+    mined)` in front of G (see `minegan.ClassMiners`)."""
+    del num_source, num_new, dim_z, class_width, mixture, sn_eps
+    del weights_init
+    return None
