@@ -19,6 +19,7 @@ from cgt_jax.training import steps
 from cgt_jax.transfer import methods
 from cgt_jax.transfer import stages
 from tests import reference_cases as rc
+from tests.test_train import interrupt_at
 from tests.test_train import save_models
 from tests.test_train import tiny_config
 from tests.test_train import transfer_spec
@@ -302,12 +303,21 @@ def test_bad_minegan_settings_are_explained_in_one_line(change, message):
 
 
 def test_minegan_runs_both_stages_and_samples_through_the_miners(
-    tmp_path, source_dir):
+    tmp_path, source_dir, monkeypatch):
   config = minegan_config()
   config.source_checkpoint = str(source_dir)
   config.stages = ('transfer',)
   model_dir = loop.train_and_evaluate(config, tmp_path)
   assert model_dir == tmp_path / 'finetune' / 'model'
+  # Preempted in stage 2 and rerun: the same model, bit for bit.
+  with monkeypatch.context() as patch:
+    interrupt_at(patch, 1)  # step 1 exists in stage 2 only
+    with pytest.raises(loop.Preempted):
+      loop.train_and_evaluate(config, tmp_path / 'resumed')
+  resumed = flat(
+      model_io.load(loop.train_and_evaluate(config, tmp_path / 'resumed'))[2])
+  for key, value in flat(model_io.load(model_dir)[2]).items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
   for stage, steps_run in (('transfer', 1), ('finetune', 2)):
     summary = (tmp_path / stage / 'summary.json').read_text()
     assert f'"steps": {steps_run}' in summary

@@ -216,7 +216,7 @@ def test_frozen_parameters_are_bit_identical_and_hold_no_adam_state(tmp_path):
   assert sorted(moments) == sorted(trained * 2)  # mu and nu each
 
 
-def _interrupt_at(monkeypatch, step_to_stop):
+def interrupt_at(monkeypatch, step_to_stop):
   """SIGTERM arrives while the loop fetches the batch of `step_to_stop`."""
   original = pipeline.BatchSampler.process_batch
 
@@ -234,7 +234,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(
   config.pretrain.checkpoint_every = config.transfer.checkpoint_every = 100
   whole = loop.train_and_evaluate(config, tmp_path / 'whole')
   with monkeypatch.context() as patch:
-    _interrupt_at(patch, 2)  # preempted during pretraining step 3
+    interrupt_at(patch, 2)  # preempted during pretraining step 3
     with pytest.raises(loop.Preempted, match='rerun the same command'):
       loop.train_and_evaluate(config, tmp_path / 'resumed')
   assert not (tmp_path / 'resumed' / 'pretrain' / 'summary.json').exists()
