@@ -97,6 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.d_ch = 64
   m.dim_z = 128
   m.shared_dim = 0  # 0: per-class BN tables (CIFAR form)
+  # False: the pretrain stage trains an UNCONDITIONAL BigGAN on all source
+  # classes together (one class: a constant BN conditioning, the way a
+  # single-class BigGAN-PyTorch checkpoint is one; D without projection).
+  m.conditional = True
   m.hier = False
   m.g_attention = ()
   m.d_attention = ()

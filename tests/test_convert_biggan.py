@@ -186,6 +186,11 @@ def torch_state_dict(model, *inputs) -> dict:
 
 
 ROUND_TRIPS = {
+    # A BigGAN-PyTorch model of ONE class: an unconditional source
+    # (config.model.conditional=False), its class row the constant
+    # conditioning.
+    '32_one_class': (dict(resolution=32, ch=4, num_classes=1),
+                     dict(resolution=32, ch=4, num_classes=1)),
     '64_hier_attention': (dict(
         resolution=64,
         ch=8,

@@ -7,9 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
+from cgt_jax.models import biggan
 from cgt_jax.models import hypermod
 from cgt_jax.models import layers
+from cgt_jax.transfer import groups
+from cgt_jax.transfer import surgery
+from tests import reference_cases as rc
 
 IN, OUT, K, BATCH = 5, 6, 3, 4
 
@@ -125,3 +130,59 @@ def test_a_rank_the_layer_cannot_take_is_explained(rank):
       r'convolution: use 0 \(full rank, the paper\) or a rank '
       r'from 1 to 5'):
     conv.init(jax.random.key(0), x, v)
+
+
+def _modulated_generator(closed_form, shared_dim=0, hier=False):
+  """A one-class (unconditional) source BigGAN and its Hyper-Modulation
+  generator with 3 classes (labels 1..3), variables from the source."""
+  source = biggan.Generator(
+      resolution=32,
+      num_classes=1,
+      ch=2,
+      dim_z=20,
+      shared_dim=shared_dim,
+      hier=hier)
+  z = jax.random.normal(jax.random.key(0), (6, 20))
+  source_vars = rc.random_variables(
+      rc.abstract_variables(source, z, jnp.zeros(6, jnp.int32)), 7)
+  modulated = source.clone(num_new_classes=3, new_classes=hypermod.Modulation())
+  labels = jnp.array([0, 1, 2, 3, 1, 0])
+  fresh = modulated.init(jax.random.key(1), z, labels)
+  variables = surgery.start_modulated_convs(
+      surgery.init_from_source(source_vars, fresh), source.sn_eps, closed_form)
+  return source, source_vars, modulated, variables, z, labels
+
+
+@pytest.mark.parametrize('shared_dim,hier', [(0, False), (8, True)])
+def test_the_closed_form_start_draws_the_unconditional_source_for_every_class(
+    shared_dim, hier):
+  source, source_vars, modulated, variables, z, labels = (
+      _modulated_generator(True, shared_dim, hier))
+  expected = source.apply(source_vars, z, jnp.zeros_like(labels))
+  got = modulated.apply(variables, z, labels)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6)
+  # The source's own label is the source model, bit for bit.
+  np.testing.assert_array_equal(got[labels == 0], expected[labels == 0])
+  trained = {
+      p for p in _flat(variables['params'])
+      if groups.group_of(p) in groups.HYPER_MODULATION
+  }
+  assert trained == {
+      p for p in _flat(variables['params'])
+      if p.startswith('class_network/') or '_mod/' in p
+  }
+  twins = {p.split('/')[1] for p in trained if '_mod/' in p}
+  assert twins == {'conv1_mod', 'conv2_mod'}
+
+
+def test_without_the_closed_form_the_classes_differ_from_the_source():
+  source, source_vars, modulated, variables, z, labels = (
+      _modulated_generator(False))
+  got = np.asarray(modulated.apply(variables, z, labels))
+  expected = np.asarray(source.apply(source_vars, z, jnp.zeros_like(labels)))
+  np.testing.assert_array_equal(got[labels == 0], expected[labels == 0])
+  assert not np.allclose(got[labels > 0], expected[labels > 0], atol=1e-3)
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(tree, sep='/')

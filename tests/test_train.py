@@ -114,6 +114,45 @@ def test_demo_pipeline_runs_and_exports_every_stage(tmp_path, eval_cache):
   assert (tmp_path / 'transfer' / 'summary.json').read_text() == before
 
 
+def test_unconditional_source_pretrains_then_transfers(tmp_path, eval_cache):
+  """config.model.conditional=False: one class of all source images, D
+  without projection; the new classes follow it (labels 1..M) and D gains
+  a projection for them alone."""
+  config = tiny_config()
+  config.model.conditional = False
+  config.eval.final = True
+  config.eval.cache_dir = str(eval_cache)
+  loop.train_and_evaluate(config, tmp_path)
+  generator, discriminator, variables = model_io.load(tmp_path / 'pretrain' /
+                                                      'model')
+  assert generator.num_classes == 1 and not discriminator.projection
+  assert 'embed' not in variables['discriminator']['params']
+  tables = [
+      v for k, v in flat(variables['generator']['params']).items()
+      if k.endswith('/gain/embedding')
+  ]
+  assert tables and all(t.shape[0] == 1 for t in tables)
+  pretrain = json.loads((tmp_path / 'pretrain' / 'summary.json').read_text())
+  assert pretrain['classes'] == [stages.UNCONDITIONAL]
+  assert 'domain_fd' in pretrain['final_eval']
+  assert 'class_accuracy' not in pretrain['final_eval']  # one merged class
+  transfer = json.loads((tmp_path / 'transfer' / 'summary.json').read_text())
+  assert transfer['first_label'] == 1
+  assert 'class_accuracy' in transfer['final_eval']
+  generator, discriminator, _ = model_io.load(tmp_path / 'transfer' / 'model')
+  assert (generator.num_classes, generator.num_new_classes) == (1, 2)
+  assert discriminator.projection and not discriminator.source_projection
+  # A conditional source where an unconditional one is needed.
+  conditional_source = save_models(
+      stages.fresh_models(tiny_config(), 4), tmp_path / 'conditional')
+  config.source_checkpoint = str(conditional_source)
+  config.stages = ('transfer',)
+  with pytest.raises(
+      stages.ConfigError,
+      match='conditional=False needs an unconditional source'):
+    loop.train_and_evaluate(config, tmp_path / 'bad')
+
+
 def save_models(models, directory):
   """A model directory of `methods.Models` (a saved source model)."""
   return model_io.save(directory, model_io.module_arch(models.generator),

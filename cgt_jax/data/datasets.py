@@ -78,6 +78,11 @@ class ClassDataset:
     """Positions in `class_names` of `labels`."""
     return np.asarray(labels) - self.first_label
 
+  def as_one_class(self, name: str) -> 'ClassDataset':
+    """The same images as ONE class `name` (label 0): what an
+    unconditional model trains on."""
+    return ClassDataset(self.images, np.zeros_like(self.labels), [name])
+
   def counts(self) -> np.ndarray:
     """Images per class, int `[num_classes]`."""
     return np.bincount(

@@ -37,8 +37,13 @@ class SplitData:
         np.concatenate([d.images for d in parts]), labels.astype(np.int32),
         [name for d in parts for name in d.class_names])
 
-  def known_labels(self, dataset: datasets.ClassDataset, labels) -> np.ndarray:
-    """`known_classes` labels of `labels` of `dataset` (source or target)."""
+  def known_labels(self, dataset: datasets.ClassDataset,
+                   labels) -> Optional[np.ndarray]:
+    """`known_classes` labels of `labels` of `dataset` (source or target);
+    None for a dataset of other classes (the source classes merged into
+    one for an unconditional model), which no classifier class matches."""
+    if dataset is not self.source and dataset is not self.target:
+      return None
     return dataset.class_indices(labels) + self._first_known(dataset)
 
   def _first_known(self, dataset) -> int:

@@ -33,7 +33,8 @@ def evaluate_samples(fake_images,
     fake_images: uint8 or [-1, 1] float `[n, h, w, 3]` (or an iterable of
       batches) from the generator.
     fake_labels: int `[n]`, the classes the images were generated for, in
-      the label space of the reference dataset (0..K-1).
+      the label space of the reference dataset (0..K-1); None: classes the
+      classifier does not know (an unconditional model), no accuracy.
     reference: statistics of the real data from the same extractor.
     extractor: an Inception (`kind='inception'`) or domain classifier.
     is_splits: Inception-score splits.
@@ -59,7 +60,7 @@ def evaluate_samples(fake_images,
   if extractor.kind == 'inception':
     results['is'], results['is_std'] = metrics.inception_score(
         out['logits'], is_splits)
-  else:
+  elif fake_labels is not None:
     logits = out['logits']
     accuracy, per_class = metrics.class_accuracy(
         logits.argmax(axis=1), np.asarray(fake_labels), logits.shape[1])

@@ -39,7 +39,8 @@ class StageEvaluator:
   Attributes:
     labels: the generator labels of the samples (the stage's classes).
     scored_labels: the same classes as the feature network knows them (the
-      domain classifier's labels; unused by Inception).
+      domain classifier's labels; unused by Inception); None for the one
+      class of an unconditional model (no class accuracy).
   """
   generator: object
   extractor: features.Extractor
@@ -84,7 +85,7 @@ class StageEvaluator:
         progress=False)
     per_class = results.pop('class_accuracy_per_class', None)
     metrics = {k: float(v) for k, v in results.items()}
-    if per_class is not None:
+    if per_class is not None and self.scored_labels is not None:
       classes = np.unique(self.scored_labels)
       metrics['per_class_accuracy'] = [float(per_class[c]) for c in classes]
     return metrics

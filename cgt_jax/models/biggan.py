@@ -12,6 +12,7 @@ Parameter tree (generator), `i` the block index:
     block_i/{bn1, bn2}/{gain, bias}/...     source conditional BN
     block_i/{bn1, bn2}/kp/...               knowledge propagation (M > 0)
     miner/classes/{z_i, class_i}/...        MineGAN's miners, [M, ...] (M > 0)
+    class_network/..., block_i/{conv1,conv2}_mod/...  Hyper-Modulation (M > 0)
     block_i/{conv1, conv2, conv_sc}/{kernel, bias}
     attention_i/{theta, phi, g, o, gamma}   after block i
     output_bn/{scale, bias}, output_conv/{kernel, bias}
@@ -74,15 +75,26 @@ def check_labels(labels, num_labels: int, first_valid: int = 0):
 
 
 class GBlock(nn.Module):
-  """Residual up-block: BN-ReLU-up-conv3-BN-ReLU-conv3, shortcut up-conv1."""
+  """Residual up-block: BN-ReLU-up-conv3-BN-ReLU-conv3, shortcut up-conv1.
+
+  With a `modulation` form (Hyper-Modulation), new-class samples take the
+  modulated twins of conv1 and conv2 instead.
+  """
   out_channels: int
   bn: Any  # a partial of ClassConditionalBatchNorm
   sn_eps: float
   weights_init: str
   dtype: Any = jnp.float32
+  modulation: Any = None  # a new-class form with `modulated_conv`
 
   @nn.compact
-  def __call__(self, x, labels, class_embedding, z_chunk, train=False):
+  def __call__(self,
+               x,
+               labels,
+               class_embedding,
+               z_chunk,
+               train=False,
+               class_vector=None):
     conv = lambda k, name: layers.SNConv(
         self.out_channels,
         k,
@@ -92,10 +104,23 @@ class GBlock(nn.Module):
         name=name)
     cond = (labels, class_embedding, z_chunk)
     h = nn.relu(self.bn(name='bn1')(x, *cond, train=train))
-    h = conv(3, 'conv1')(layers.upsample2(h), train)
+    h = layers.upsample2(h)
+    h = self._modulated(conv(3, 'conv1')(h, train), h, 'conv1', class_vector)
     h = nn.relu(self.bn(name='bn2')(h, *cond, train=train))
-    h = conv(3, 'conv2')(h, train)
+    h = self._modulated(conv(3, 'conv2')(h, train), h, 'conv2', class_vector)
     return h + conv(1, 'conv_sc')(layers.upsample2(x), train)
+
+  def _modulated(self, out, x, name, class_vector):
+    """`out` (the source convolution of `x`), or for the samples with a
+    class vector (rows of `class_vector`: (vector, is_new)) the modulated
+    convolution's."""
+    if self.modulation is None:
+      return out
+    vectors, is_new = class_vector
+    modulated = self.modulation.modulated_conv(self.out_channels, 3,
+                                               name)(x, vectors)
+    return jnp.where(is_new[:, None, None, None], modulated.astype(out.dtype),
+                     out)
 
 
 class Generator(nn.Module):
@@ -113,8 +138,9 @@ class Generator(nn.Module):
       `new_classes.NewClassForm`: `kp.KPOptions` (knowledge propagation,
       its Table 2 switches), `bsa.FreeVectors` (the BSA baseline), both new
       BN layers whose KP variant follows the source form
-      (`kp.variant_for(shared_dim)`), or `minegan.Miners` (MineGAN: a
-      module in front of G).
+      (`kp.variant_for(shared_dim)`), `minegan.Miners` (MineGAN: a
+      module in front of G) or `hypermod.Modulation` (Hyper-Modulation:
+      class-modulated block convolutions).
   """
   resolution: int
   num_classes: int
@@ -160,6 +186,13 @@ class Generator(nn.Module):
                                      kp.variant_for(self.shared_dim),
                                      self.sn_eps, self.weights_init)
     z, mined_class = self._front(form, z, labels, train)
+    class_network = form and form.class_network(self.num_new_classes)
+    class_vector = None
+    if class_network is not None:
+      is_new = labels >= self.num_classes
+      class_vector = (class_network(
+          jnp.clip(labels - self.num_classes, 0,
+                   self.num_new_classes - 1)), is_new)
     # A form may keep G's statistics as the source model left them.
     train = train and (form is None or form.trains_generator_statistics)
     ins, outs, resolutions = self._arch()
@@ -194,7 +227,9 @@ class Generator(nn.Module):
           self.sn_eps,
           self.weights_init,
           self.dtype,
-          name=f'block_{i}')(h, labels, class_embedding, z_chunk, train)
+          modulation=form if class_network is not None else None,
+          name=f'block_{i}')(h, labels, class_embedding, z_chunk, train,
+                             class_vector)
       if i in attention:
         h = layers.Attention(
             self.sn_eps,

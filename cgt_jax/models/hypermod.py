@@ -33,7 +33,8 @@ C(v) D(v) with class-independent bases G0, B0 [in, out] and rank-r factors
 bases to s and m.
 """
 
-from typing import Any
+import dataclasses
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +42,47 @@ import numpy as np
 from flax import linen as nn
 
 from cgt_jax.models import layers
+from cgt_jax.models import new_classes
 
 TASK_DIM = 64  # the class vector's width in the authors' code
 CONSTANTS = 'hypermod_constants'  # the variable collection of W^ and b^
+CLASS_NETWORK = 'class_network'
+MODULATED_SUFFIX = '_mod'  # block_i/conv1 is modulated by block_i/conv1_mod
+
+
+def part_of(path: str) -> Optional[str]:
+  """'class_network' or 'hypernetworks' for a Hyper-Modulation parameter
+  path of the generator, else None."""
+  head, *rest = path.split('/')
+  if head == CLASS_NETWORK:
+    return 'class_network'
+  if rest and rest[0].endswith(MODULATED_SUFFIX):
+    return 'hypernetworks'
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Modulation(new_classes.NewClassForm):
+  """The generator's new-class form for Hyper-Modulation: a class network
+  and a modulated twin (`<conv>_mod`) of both 3x3 convolutions of every
+  block; new-class samples take the twin's output. G keeps the source
+  model's BN statistics and SN vectors (its batch norms and spectral norms
+  stay as they are; the closed-form start then reproduces the source
+  exactly).
+
+  Attributes:
+    rank: 0 for full-rank hypernetworks (the paper), else the low-rank
+      option's rank.
+  """
+  rank: int = 0
+  trains_generator_statistics = False
+
+  def class_network(self, num_new):
+    return ClassNetwork(num_new, name=CLASS_NETWORK)
+
+  def modulated_conv(self, features, kernel_size, name):
+    return ModulatedConv(
+        features, kernel_size, self.rank, name=name + MODULATED_SUFFIX)
 
 
 def standardize_kernel(kernel):

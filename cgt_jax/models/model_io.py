@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from cgt_jax.models import biggan
 from cgt_jax.models import biggan_deep
 from cgt_jax.models import bsa
+from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import minegan
 from cgt_jax.runtime import parallel
@@ -39,7 +40,8 @@ VARIABLES_DIR = 'variables'
 NEW_CLASS_FORMS = {
     'kp': kp.KPOptions,
     'bsa': bsa.FreeVectors,
-    'minegan': minegan.Miners
+    'minegan': minegan.Miners,
+    'hypermod': hypermod.Modulation,
 }
 
 

@@ -27,6 +27,7 @@ from typing import Mapping
 from flax import traverse_util
 
 from cgt_jax.models import bsa
+from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import minegan
 
@@ -55,7 +56,9 @@ SOURCE = frozenset(SOURCE_GROUPS)
 KNOWLEDGE_PROPAGATION = frozenset(_KP_GROUPS.values())
 BSA_VECTORS = frozenset(_BSA_GROUPS.values())
 MINER = frozenset({'miner'})  # MineGAN's miners in front of G
-ALL = SOURCE | KNOWLEDGE_PROPAGATION | BSA_VECTORS | MINER
+# Hyper-Modulation: the class network and the per-layer hypernetworks.
+HYPER_MODULATION = frozenset({'class_network', 'hypernetworks'})
+ALL = SOURCE | KNOWLEDGE_PROPAGATION | BSA_VECTORS | MINER | HYPER_MODULATION
 
 
 def group_of(path: str) -> str:
@@ -69,6 +72,9 @@ def group_of(path: str) -> str:
     hits.append(_BSA_GROUPS[part])
   if minegan.is_miner_parameter(path):
     hits.append('miner')
+  part = hypermod.part_of(path)
+  if part is not None:
+    hits.append(part)
   hits += [
       name for name, rule in SOURCE_GROUPS.items() if re.search(rule, path)
   ]

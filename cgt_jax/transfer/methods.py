@@ -160,8 +160,14 @@ class Method:
     """Source G/D grown to the new classes; `g_variables(fresh_g)` builds
     G's starting variables, D gets a fresh projection table (`new_embed`),
     as cGANTransfer's D does."""
-    discriminator = source.discriminator.clone(
-        num_new_classes=context.num_new, dtype=context.dtype)
+    # An unconditional source D (no projection) gains one for the new
+    # classes only.
+    source_d = source.discriminator
+    discriminator = source_d.clone(
+        num_new_classes=context.num_new,
+        projection=True,
+        source_projection=source_d.source_projection and source_d.projection,
+        dtype=context.dtype)
     fresh_g, fresh_d = fresh_variables(generator, discriminator, context.seed)
     d_vars = variables_lib.merge(source.d_variables, fresh_d, 'discriminator')
     return Models(generator, discriminator, g_variables(fresh_g), d_vars)

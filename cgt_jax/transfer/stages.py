@@ -75,6 +75,8 @@ class Plan:
     source classes the data lists (the run pretrains on them)."""
     if not self.method.uses_source:
       return 0
+    if not self.config.model.conditional:
+      return 1  # after the unconditional source's one class
     if self.source_checkpoint:
       arch = model_io.load_architecture(self.source_checkpoint)
       return arch['generator']['num_classes']
@@ -202,8 +204,14 @@ def _dtype(config):
   return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
 
 
-def fresh_models(config, num_classes: int) -> methods.Models:
-  """A BigGAN G and D from scratch for `num_classes` (labels 0..K-1)."""
+UNCONDITIONAL = 'all source classes'  # the one class of an unconditional G
+
+
+def fresh_models(config,
+                 num_classes: int,
+                 projection: bool = True) -> methods.Models:
+  """A BigGAN G and D from scratch for `num_classes` (labels 0..K-1); D
+  without its class projection when not `projection`."""
   m = config.model
   generator = biggan.Generator(
       resolution=m.resolution,
@@ -224,6 +232,7 @@ def fresh_models(config, num_classes: int) -> methods.Models:
       attention=tuple(m.d_attention),
       weights_init=m.init,
       sn_eps=m.sn_eps,
+      projection=projection,
       dtype=_dtype(config))
   g_vars, d_vars = methods.fresh_variables(generator, discriminator,
                                            config.seed)
@@ -257,12 +266,24 @@ def _transfer_models(plan, data, previous) -> methods.Models:
 
 
 def _check_source(generator, previous, config, data):
+  if not config.model.conditional:
+    if generator.num_classes != 1:
+      raise ConfigError(
+          f'config.model.conditional=False needs an unconditional source, but '
+          f'{previous} is a conditional BigGAN of {generator.num_classes} '
+          'classes: give a one-class (unconditional) model, or pretrain '
+          "one with 'pretrain' in config.stages")
+    return
   names = list(config.data.source_classes) or data.source_names
   if names and len(names) != generator.num_classes:
+    hint = (' (a one-class model is unconditional: set '
+            'config.model.conditional=False)'
+            if generator.num_classes == 1 else '')
     raise ConfigError(
         f'the source model {previous} has {generator.num_classes} classes '
         f'but the config names {len(names)} source classes: make '
-        'config.data.source_classes match the model the source was trained on')
+        'config.data.source_classes match the model the source was trained '
+        f'on{hint}')
   if generator.num_new_classes:
     raise ConfigError(
         f'{previous} already has {generator.num_new_classes} new classes: '
@@ -294,8 +315,7 @@ def stage_spec(stage: str, plan: Plan, data, previous) -> StageSpec:
       stage's export or the source checkpoint); None for pretraining.
   """
   if stage == 'pretrain':
-    models = fresh_models(plan.config, data.source.num_classes)
-    dataset = data.source
+    models, dataset = _pretrain_models(plan.config, data)
   elif stage == 'transfer':
     models = _transfer_models(plan, data, previous)
     dataset = data.target
@@ -307,6 +327,15 @@ def stage_spec(stage: str, plan: Plan, data, previous) -> StageSpec:
   return StageSpec(stage, models.generator, models.discriminator,
                    models.g_variables, models.d_variables, g_mask, d_mask,
                    dataset, setup)
+
+
+def _pretrain_models(config, data) -> tuple:
+  """The source BigGAN from scratch and what it trains on: every source
+  class, or (`config.model.conditional` False) all of them as one class."""
+  if config.model.conditional:
+    return fresh_models(config, data.source.num_classes), data.source
+  return (fresh_models(config, 1, projection=False),
+          data.source.as_one_class(UNCONDITIONAL))
 
 
 def training_setup(stage: str, plan: Plan, models: methods.Models,

@@ -27,6 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from cgt_jax.models import bsa
+from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import layers
 from cgt_jax.models import variables as variables_lib
@@ -190,3 +191,51 @@ def _mean_source_offset(params, sn, source, sn_eps):
       jnp.mean(embedding, axis=0),
       class_part,
       precision=jax.lax.Precision.HIGHEST) / sigma
+
+
+def start_modulated_convs(g_variables: dict, sn_eps: float,
+                          closed_form: bool) -> dict:
+  """Hyper-Modulation's constants from the source convolutions.
+
+  Every modulated twin `block_i/<conv>_mod` gets W^ and b^ of the source
+  convolution `block_i/<conv>` as it convolves in eval mode (W / sigma,
+  `hypermod.pretrained_kernel`); with `closed_form` its hypernetworks start
+  at gamma = s, beta = m (every class draws the source model), else they
+  keep their fresh initialisation (for self-alignment to train).
+  """
+  params = traverse_util.flatten_dict(g_variables['params'], sep='/')
+  sn = traverse_util.flatten_dict(g_variables[layers.SN_COLLECTION], sep='/')
+  started = copy_tree(g_variables)
+  twins = sorted({
+      p.split('/')[0] + '/' + p.split('/')[1]
+      for p in params
+      if hypermod.part_of(p) == 'hypernetworks'
+  })
+  constants = {}
+  for twin in twins:
+    source = twin[:-len(hypermod.MODULATED_SUFFIX)]
+    conv = {
+        'params': {
+            'kernel': params[f'{source}/kernel']
+        },
+        'sn': {
+            'u': sn[f'{source}/u']
+        }
+    }
+    kernel = hypermod.pretrained_kernel(conv, sn_eps)
+    bias = params[f'{source}/bias']
+    constants[twin] = hypermod.constants_from(kernel, bias)
+    if closed_form:
+      block, name = twin.split('/')
+      started['params'][block][name] = hypermod.closed_form_start(
+          started['params'][block][name], kernel, bias)
+  started[hypermod.CONSTANTS] = traverse_util.unflatten_dict({
+      (*twin.split('/'), k): v for twin, c in constants.items()
+      for k, v in c.items()
+  })
+  return started
+
+
+def copy_tree(variables: dict) -> dict:
+  """Nested dicts rebuilt (leaves shared): a tree to edit in place."""
+  return jax.tree_util.tree_map(lambda x: x, variables)
