@@ -12,6 +12,7 @@ from flax import traverse_util
 from cgt_jax.models import biggan
 from cgt_jax.models import hypermod
 from cgt_jax.models import layers
+from cgt_jax.training import losses
 from cgt_jax.transfer import groups
 from cgt_jax.transfer import surgery
 from tests import reference_cases as rc
@@ -186,3 +187,23 @@ def test_without_the_closed_form_the_classes_differ_from_the_source():
 
 def _flat(tree):
   return traverse_util.flatten_dict(tree, sep='/')
+
+
+def test_barlow_twins_equals_a_hand_computation():
+  a = np.array(
+      [[1.0, 2.0, 0.5], [0.0, -1.0, 2.0], [3.0, 0.5, -1.0], [-2.0, 1.0, 0.0]],
+      np.float32)
+  b = np.array(
+      [[0.5, 1.0, 1.0], [1.0, -2.0, 0.0], [2.0, 1.5, -0.5], [-1.0, 0.0, 1.0]],
+      np.float32)
+
+  def bn(x):  # BatchNorm1d(affine=False) in train mode, written out
+    return (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
+
+  c = bn(a).T @ bn(b) / len(a)
+  expected = sum((1 - c[i, i])**2 for i in range(3)) + 5e-3 * sum(
+      c[i, j]**2 for i in range(3) for j in range(3) if i != j)
+  np.testing.assert_allclose(losses.barlow_twins(a, b), expected, rtol=1e-5)
+  # Identical views of decorrelated features: the minimum, 0.
+  white = np.linalg.qr(np.random.default_rng(0).normal(size=(8, 3)))[0]
+  assert float(losses.barlow_twins(white, white)) < 1e-3

@@ -87,3 +87,28 @@ class KnowledgePropagationLosses:
     adversarial, terms = self.adversarial.generator(d_fake, g_params)
     loss = adversarial + self.similarity_l1 * l1 + self.residual_l2 * l2
     return loss, {**terms, 'similarity_l1': l1, 'residual_l2': l2}
+
+
+def barlow_twins(features_a, features_b, off_diagonal_weight=5e-3, eps=1e-5):
+  """Barlow Twins (Zbontar et al. 2021), Hyper-Modulation's term on D's
+  penultimate features of two augmented views `[B, d]` each.
+
+  Each view is normalised per dimension over the batch (batch norm without
+  affine parameters, biased variance, `eps` as PyTorch's BatchNorm1d), C is
+  their cross-correlation `a^T b / B`, and the loss is
+  `sum_i (1 - C_ii)^2 + off_diagonal_weight * sum_{i != j} C_ij^2`
+  (the authors use no projector; 5e-3 is their weight).
+  """
+
+  def normalized(x):
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=0)
+    var = jnp.mean(jnp.square(x - mean), axis=0)
+    return (x - mean) / jnp.sqrt(var + eps)
+
+  a, b = normalized(features_a), normalized(features_b)
+  correlation = a.T @ b / a.shape[0]
+  diagonal = jnp.diagonal(correlation)
+  on = jnp.sum(jnp.square(1.0 - diagonal))
+  off = jnp.sum(jnp.square(correlation)) - jnp.sum(jnp.square(diagonal))
+  return on + off_diagonal_weight * off
