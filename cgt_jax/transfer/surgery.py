@@ -205,37 +205,31 @@ def start_modulated_convs(g_variables: dict, sn_eps: float,
   """
   params = traverse_util.flatten_dict(g_variables['params'], sep='/')
   sn = traverse_util.flatten_dict(g_variables[layers.SN_COLLECTION], sep='/')
-  started = copy_tree(g_variables)
+  # Per-block copies: only the twins' entries are replaced.
+  started = {
+      block: dict(layer) for block, layer in g_variables['params'].items()
+  }
   twins = sorted({
-      p.split('/')[0] + '/' + p.split('/')[1]
+      tuple(p.split('/')[:2])
       for p in params
       if hypermod.part_of(p) == 'hypernetworks'
   })
   constants = {}
-  for twin in twins:
-    source = twin[:-len(hypermod.MODULATED_SUFFIX)]
-    conv = {
-        'params': {
-            'kernel': params[f'{source}/kernel']
-        },
-        'sn': {
-            'u': sn[f'{source}/u']
-        }
-    }
-    kernel = hypermod.pretrained_kernel(conv, sn_eps)
+  for block, twin in twins:
+    source = f'{block}/{twin[:-len(hypermod.MODULATED_SUFFIX)]}'
+    kernel = hypermod.pretrained_kernel(
+        {
+            'params': {
+                'kernel': params[f'{source}/kernel']
+            },
+            'sn': {
+                'u': sn[f'{source}/u']
+            }
+        }, sn_eps)
     bias = params[f'{source}/bias']
-    constants[twin] = hypermod.constants_from(kernel, bias)
+    constants.setdefault(block,
+                         {})[twin] = hypermod.constants_from(kernel, bias)
     if closed_form:
-      block, name = twin.split('/')
-      started['params'][block][name] = hypermod.closed_form_start(
-          started['params'][block][name], kernel, bias)
-  started[hypermod.CONSTANTS] = traverse_util.unflatten_dict({
-      (*twin.split('/'), k): v for twin, c in constants.items()
-      for k, v in c.items()
-  })
-  return started
-
-
-def copy_tree(variables: dict) -> dict:
-  """Nested dicts rebuilt (leaves shared): a tree to edit in place."""
-  return jax.tree_util.tree_map(lambda x: x, variables)
+      started[block][twin] = hypermod.closed_form_start(started[block][twin],
+                                                        kernel, bias)
+  return {**g_variables, 'params': started, hypermod.CONSTANTS: constants}
