@@ -64,18 +64,21 @@ def test_each_sample_is_convolved_with_its_hand_computed_kernel(rank):
   b_hat = (bias - bias.mean()) / bias.std()
   np.testing.assert_allclose(constants['kernel'], w_hat, rtol=1e-5, atol=1e-6)
 
+  # Every linear layer has an equalised learning rate: W sqrt(2 / fan_in).
+  def linear(row, dense):
+    return row @ dense['kernel'] * np.sqrt(2 / row.shape[-1]) + dense['bias']
+
   def modulation(name, row):
     if not rank:
-      dense = p[name]
-      return (row @ dense['kernel'] + dense['bias']).reshape(IN, OUT)
-    left, right = p[f'{name}_left'], p[f'{name}_right']
-    a = (row @ left['kernel'] + left['bias']).reshape(IN, rank)
-    b = (row @ right['kernel'] + right['bias']).reshape(rank, OUT)
+      return linear(row, p[name]).reshape(IN, OUT)
+    a = linear(row, p[f'{name}_left']).reshape(IN, rank)
+    b = linear(row, p[f'{name}_right']).reshape(rank, OUT)
     return p[f'{name}_base'] + a @ b
 
   for i in range(BATCH):
-    weights = w_hat * modulation('gamma', v[i]) + modulation('beta', v[i])
-    delta = v[i] @ p['delta_bias']['kernel'] + p['delta_bias']['bias']
+    weights = (w_hat * modulation('gamma', v[i]) +
+               modulation('beta', v[i])) * np.sqrt(2 / (K * K * IN))
+    delta = linear(v[i], p['delta_bias'])
     expected = _conv(x[i], weights) + b_hat + delta
     np.testing.assert_allclose(got[i], expected, rtol=1e-4, atol=1e-4)
 

@@ -349,11 +349,33 @@ def test_compare_runs_methods_on_one_source_and_writes_the_table(
   config.eval.cache_dir = str(eval_cache)
   config.eval.classifier_with_source = True
   config.transfer.eval_every = config.finetune.eval_every = 0  # final only
-  text = compare.compare_methods(config, tmp_path, ['bsa', 'kp_finetune'])
+  config.method_options.hypermod.alignment_steps = 3
+  text = compare.compare_methods(config, tmp_path,
+                                 ['bsa', 'kp_finetune', 'hypermod'])
   rows = [line.split(' | ')[0].lstrip('| ') for line in text.splitlines()[2:]]
-  assert rows == ['bsa', 'kp_finetune']
+  assert rows == ['bsa', 'kp_finetune', 'hypermod']
   report = json.loads((tmp_path / 'comparison.json').read_text())
   by_name = {row['method']: row for row in report['rows']}
+  # Hyper-Modulation transfers an unconditional source, pretrained once
+  # beside the conditional one; the table says which row used which.
+  assert {
+      name: row['source'] for name, row in by_name.items()
+  } == {
+      'bsa': 'conditional',
+      'kp_finetune': 'conditional',
+      'hypermod': 'unconditional'
+  }
+  assert set(report['sources']) == {'conditional', 'unconditional'}
+  hypermod_config = json.loads(
+      (tmp_path / 'hypermod' / 'config.json').read_text())
+  assert hypermod_config['source_checkpoint'].startswith(
+      str(tmp_path / 'source_unconditional'))
+  assert not hypermod_config['model']['conditional']
+  alignment = json.loads((tmp_path / 'hypermod' / 'transfer' /
+                          'self_alignment' / 'summary.json').read_text())
+  assert alignment['steps'] == 3
+  assert alignment['l1_last'] < alignment['l1_first']
+  assert by_name['hypermod']['class_accuracy_at_best'] is not None
   # kp_finetune ran kp first (2 + 2 iterations) from the same source.
   assert (tmp_path / 'kp' / 'transfer' / 'summary.json').exists()
   assert by_name['kp_finetune']['best_step'] <= 4

@@ -47,12 +47,17 @@ def test_library_convolutions_reads_the_flag(flags, expected):
 
 
 _CONV = """
-import os, sys, numpy as np
+import importlib, os, pkgutil, sys, numpy as np
 import cgt_jax, jax
+from jax._src import xla_bridge
+# The whole library: no environment change, and no JAX array at import time
+# (it would start the backend before `configure` sets the flag).
+for module in pkgutil.walk_packages(cgt_jax.__path__, 'cgt_jax.'):
+  importlib.import_module(module.name)
 from cgt_jax.models import layers
 from cgt_jax.runtime import process
-from cgt_jax.training import loop  # the whole library: no environment change
 assert 'XLA_FLAGS' not in os.environ, os.environ['XLA_FLAGS']
+assert not xla_bridge.backends_are_initialized(), 'an import started JAX'
 process.configure()  # what every entry point does first
 x = jax.random.normal(jax.random.key(0), (2, 8, 8, 160))
 k = jax.random.normal(jax.random.key(1), (3, 3, 160, 160)) * 0.05
@@ -64,7 +69,7 @@ print(os.environ.get('XLA_FLAGS', ''), file=sys.stderr)
 
 def test_entry_point_set_up_starts_xla_with_the_flag(tmp_path):
   """In a fresh process: importing the library changes no environment
-  variable; `process.configure` sets the flag before the backend starts,
+  variable and starts no JAX backend; `process.configure` sets the flag before the backend starts,
   XLA accepts it, and convolutions agree with Eigen's to float rounding."""
   outputs = {}
   for name, opt_out in (('ynn', '1'), ('eigen', '0')):

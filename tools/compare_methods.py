@@ -49,7 +49,8 @@ def _flags(argv: list) -> flags.FlagValues:
       'methods',
       'baselines',
       'Comma-separated method or variant names, or a group: '
-      "'baselines' (scratch, transfergan, freezed, bsa, kp), 'table2' (the "
+      "'baselines' (every method: scratch, transfergan, freezed, bsa, kp, "
+      "minegan, hypermod), 'table2' (the "
       "Table 2 ablations), 'all'. Known: " + ', '.join(methods.NAMES),
       flag_values=values)
   return values

@@ -5,7 +5,11 @@ Table 1 (and, with --methods=table2, its Table 2 ablation) on your data.
         --workdir=DIR [--methods=scratch,transfergan,freezed,bsa,kp]
 
 1. The source model is `config.source_checkpoint`, or a BigGAN pretrained
-   once on the source classes in DIR/source.
+   once on the source classes in DIR/source. A method that transfers an
+   unconditional source (Hyper-Modulation) gets one pretrained once on all
+   source classes together in DIR/source_unconditional (unless
+   `config.source_checkpoint` is a one-class model); the table's `source`
+   column says which source each row used.
 2. Each method (`cgt_jax.transfer.methods`: a method or variant name, or the groups
    `baselines`, `table2`, `all`) runs the transfer stage from that source in
    DIR/<method>, a `cgt_jax.main` workdir: same data, seed, step budget and
@@ -30,6 +34,7 @@ import time
 from absl import logging
 
 from cgt_jax.evaluation import comparison
+from cgt_jax.models import model_io
 from cgt_jax.training import loop
 from cgt_jax.transfer import methods
 from cgt_jax.transfer import stages
@@ -43,32 +48,68 @@ class MethodRun:
   stage_dirs: list  # the stages its curve runs through, in order
   error: str = ''
   loss: str = ''  # the adversarial loss it trained with
+  source: str = ''  # 'conditional' or 'unconditional'
 
 
-def source_model(config, workdir: pathlib.Path) -> str:
-  """The source model directory: configured, or pretrained once here."""
-  if config.source_checkpoint:
-    return config.source_checkpoint
+SOURCE_FOLDERS = {True: 'source', False: 'source_unconditional'}
+
+
+def _form(conditional: bool) -> str:
+  return 'conditional' if conditional else 'unconditional'
+
+
+def source_model(config,
+                 workdir: pathlib.Path,
+                 conditional: bool = True) -> str:
+  """The source model directory of the given form: the configured one if
+  it has that form, else one pretrained once here."""
+  given = config.source_checkpoint
+  if given and (model_io.load_architecture(given)['generator']['num_classes']
+                > 1) == conditional:
+    return given
   source = copy.deepcopy(config)
   source.method = 'kp'  # any method with a source keeps the pretrain stage
   source.stages = ('pretrain',)
-  return str(loop.train_and_evaluate(source, workdir / 'source'))
+  source.source_checkpoint = ''
+  source.model.conditional = conditional
+  return str(
+      loop.train_and_evaluate(source, workdir / SOURCE_FOLDERS[conditional]))
 
 
-def run_method(name, config, workdir, source, done) -> MethodRun:
+class Sources:
+  """The comparison's source models, each pretrained at most once."""
+
+  def __init__(self, config, workdir):
+    self._config, self._workdir, self._made = config, workdir, {}
+
+  def __call__(self, conditional: bool) -> str:
+    if conditional not in self._made:
+      self._made[conditional] = source_model(self._config, self._workdir,
+                                             conditional)
+    return self._made[conditional]
+
+  def made(self) -> dict:
+    """`{conditional: model directory}` of the sources used so far."""
+    return dict(self._made)
+
+
+def run_method(name, config, workdir, sources, done) -> MethodRun:
   """Trains `name`'s transfer stage, or, for a variant that continues
-  another method's run, its fine-tuning stage from that run's model."""
+  another method's run, its fine-tuning stage from that run's model.
+  `sources(conditional)` gives the source model of each form."""
   run = copy.deepcopy(config)
   run.method = name
-  run.source_checkpoint = source
+  conditional = methods.conditional_source(name)
+  run.model.conditional = conditional
+  run.source_checkpoint = sources(conditional)
   stage, stage_dirs = 'transfer', []
   base = methods.continues_from(name)
   if base:
     if base not in done:
-      done[base] = run_method(base, config, workdir, source, done)
+      done[base] = run_method(base, config, workdir, sources, done)
     if done[base].error:
       return MethodRun(name, workdir / name, [], f'{base}: {done[base].error}',
-                       done[base].loss)
+                       done[base].loss, _form(conditional))
     run.source_checkpoint = str(done[base].stage_dirs[0] / 'model')
     stage, stage_dirs = 'finetune', list(done[base].stage_dirs)
   run.stages = (stage,)
@@ -78,8 +119,14 @@ def run_method(name, config, workdir, source, done) -> MethodRun:
   try:
     loop.train_and_evaluate(run, workdir / name)
   except loop.TrainingDiverged as error:
-    return MethodRun(name, workdir / name, [], f'diverged: {error}', plan.loss)
-  return MethodRun(name, workdir / name, stage_dirs, loss=plan.loss)
+    return MethodRun(name, workdir / name, [], f'diverged: {error}', plan.loss,
+                     _form(conditional))
+  return MethodRun(
+      name,
+      workdir / name,
+      stage_dirs,
+      loss=plan.loss,
+      source=_form(conditional))
 
 
 def method_curve(run: MethodRun, metric: str):
@@ -108,19 +155,20 @@ def table(rows, metric: str) -> str:
   """Markdown: one row per method (errors included)."""
   direction = 'higher' if metric in comparison.HIGHER_IS_BETTER else 'lower'
   lines = [
-      f'| method | what learns the new classes | loss | trainable G / D '
-      f'params | best {metric} ({direction} is better) | iteration of best '
-      f'| final {metric} | class accuracy at best | wall time (s) |',
-      '|---|---|---|---|---|---|---|---|---|',
+      f'| method | what learns the new classes | source | loss | trainable '
+      f'G / D params | best {metric} ({direction} is better) | iteration of '
+      f'best | final {metric} | class accuracy at best | wall time (s) |',
+      '|---|---|---|---|---|---|---|---|---|---|',
   ]
   for row in rows:
+    lead = (f'| {row["method"]} | {row["summary"]} | {row["source"]} | '
+            f'{row["loss"]} |')
     if 'error' in row:
-      lines.append(f'| {row["method"]} | {row["summary"]} | {row["loss"]} | '
-                   f'- | {row["error"]} | - | - | - | - |')
+      lines.append(f'{lead} - | {row["error"]} | - | - | - | - |')
       continue
     accuracy = row.get('class_accuracy_at_best')
     lines.append(
-        f'| {row["method"]} | {row["summary"]} | {row["loss"]} | '
+        f'{lead} '
         f'{row["trainable_g"]:,} / {row["trainable_d"]:,} | '
         f'{row["best"]:.4g} | {row["best_step"]} | {row["final"]:.4g} | '
         f'{"-" if accuracy is None else f"{accuracy:.2f}"} | '
@@ -135,6 +183,7 @@ def summarise(runs, metric):
     row = {
         'method': run.name,
         'summary': methods.summary(run.name),
+        'source': run.source,
         'loss': run.loss
     }
     if run.error:
@@ -183,11 +232,11 @@ def compare_methods(config, workdir, names) -> str:
   """Runs every method in `names`; writes and returns the table."""
   workdir = pathlib.Path(workdir).absolute()
   start = time.perf_counter()
-  source = source_model(config, workdir)
+  sources = Sources(config, workdir)
   done = {}
   for name in names:
     if name not in done:
-      done[name] = run_method(name, config, workdir, source, done)
+      done[name] = run_method(name, config, workdir, sources, done)
   runs = [done[n] for n in names]
   metric = config.eval.best_metric or ('fid' if config.eval.inception_dir else
                                        'domain_fd')
@@ -198,7 +247,9 @@ def compare_methods(config, workdir, names) -> str:
       json.dumps(
           {
               'metric': metric,
-              'source': source,
+              'sources': {
+                  _form(k): v for k, v in sources.made().items()
+              },
               'rows': rows,
               'total_seconds': round(time.perf_counter() - start, 1)
           },

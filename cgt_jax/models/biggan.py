@@ -330,12 +330,16 @@ class Discriminator(nn.Module):
       which drops it); source labels are then rejected.
     projection: False drops the class term: `linear(h)` alone, an
       unconditional D (MineGAN's single-target set-up).
+    class_heads: Hyper-Modulation's multi-head D instead of `linear` and
+      the projection: a head `class_heads` of M logits on the features,
+      of which each sample takes its new class's (labels N..N+M-1 only).
   """
   resolution: int
   num_classes: int
   num_new_classes: int = 0
   source_projection: bool = True
   projection: bool = True
+  class_heads: bool = False
   ch: int = 64
   attention: Sequence[int] = ()
   weights_init: str = 'N02'
@@ -343,10 +347,17 @@ class Discriminator(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, labels, train: bool = False):
-    """x `[B, R, R, 3]` in [-1, 1], labels `[B]` global -> logits `[B, 1]`."""
+  def __call__(self,
+               x,
+               labels,
+               train: bool = False,
+               return_features: bool = False):
+    """x `[B, R, R, 3]` in [-1, 1], labels `[B]` global -> logits `[B, 1]`
+    (with `return_features` also the penultimate features `[B, C]`, the
+    summed ReLU of the last block)."""
     _check_resolution(self.resolution)
-    first_label = 0 if self.source_projection else self.num_classes
+    first_label = (0 if self.source_projection and not self.class_heads else
+                   self.num_classes)
     check_labels(labels, self.num_classes + self.num_new_classes, first_label)
     ins, outs, downsample, resolutions = D_ARCH[self.resolution]
     attention = layers.attention_positions(resolutions, self.attention)
@@ -367,11 +378,21 @@ class Discriminator(nn.Module):
             self.dtype,
             name=f'attention_{i}')(h, train)
     features = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
-    out = layers.SNDense(
-        1,
+    out = self._head(features, labels, train)
+    return (out, features) if return_features else out
+
+  def _head(self, features, labels, train):
+    """The logits `[B, 1]` of the features."""
+    dense = lambda width, name: layers.SNDense(
+        width,
         eps=self.sn_eps,
         kernel_init=layers.weight_init(self.weights_init),
-        name='linear')(features, train)
+        name=name)(features, train)
+    if self.class_heads:
+      heads = dense(self.num_new_classes, 'class_heads')
+      index = jnp.clip(labels - self.num_classes, 0, self.num_new_classes - 1)
+      return jnp.take_along_axis(heads, index[:, None], axis=1)
+    out = dense(1, 'linear')
     if not self.projection:
       return out
     return out + jnp.sum(

@@ -119,7 +119,8 @@ def abstract_generator_variables(generator: biggan.Generator):
 def abstract_discriminator_variables(discriminator: biggan.Discriminator):
   res = discriminator.resolution
   x = jnp.zeros((1, res, res, 3))
-  label = 0 if discriminator.source_projection else discriminator.num_classes
+  label = (0 if discriminator.source_projection and
+           not discriminator.class_heads else discriminator.num_classes)
   labels = jnp.full((1,), label, jnp.int32)
   return jax.eval_shape(
       lambda: discriminator.init(jax.random.key(0), x, labels))

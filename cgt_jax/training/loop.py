@@ -91,7 +91,7 @@ def run_stage(stage, plan, workdir, mesh, data, previous_model):
   if summary_file.exists():
     logging.info('[%s] already complete (%s); skipping', stage, summary_file)
     return stage_dir / 'model'
-  spec = stages.stage_spec(stage, plan, data, previous_model)
+  spec = stages.stage_spec(stage, plan, data, previous_model, stage_dir)
   state = state_lib.create(spec.setup, spec.g_variables, spec.d_variables,
                            plan.config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))

@@ -38,6 +38,27 @@ def with_frozen(optimizer, trainable_mask):
   }, labels)
 
 
+def with_learning_rate_factors(make_optimizer, learning_rate: float, factors):
+  """`make_optimizer(learning_rate * f)` on each parameter whose factor f
+  is not 0, zero updates where it is 0 (frozen).
+
+  Hyper-Modulation trains its class network at 1e-3 times the
+  hypernetworks' rate. Parameters with factor 1 get the `TRAIN` label, so
+  a tree of only 0 and 1 gives the optimizer `with_frozen` gives.
+
+  Args:
+    make_optimizer: learning rate -> optax transformation.
+    learning_rate: the rate of factor 1.
+    factors: a pytree of floats shaped like the parameters.
+  """
+  label = lambda f: FREEZE if f == 0 else TRAIN if f == 1 else f'{TRAIN}_x{f:g}'
+  labels = jax.tree_util.tree_map(label, factors)
+  optimizers = {FREEZE: optax.set_to_zero()}
+  for factor in set(jax.tree_util.tree_leaves(factors)) - {0}:
+    optimizers[label(factor)] = make_optimizer(learning_rate * factor)
+  return optax.multi_transform(optimizers, labels)
+
+
 def ema_update(ema, current, decay: float, step, start: int):
   """BigGAN's EMA: a copy until `start`, then decay * ema + (1 - decay) * new.
 

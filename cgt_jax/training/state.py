@@ -76,15 +76,22 @@ class StageSetup:
     return self.batch_size * self.num_d_steps * self.num_d_accumulations
 
 
-def optimizers(stage_config, g_trainable, d_trainable=None):
+def optimizers(stage_config, g_trainable, d_trainable=None, g_factors=None):
   """`(g_optimizer, d_optimizer)` for a stage config (see configs/).
 
   `g_trainable`/`d_trainable`: bool pytrees like the parameters, True where
   a parameter trains (`cgt_jax.transfer.groups`); `d_trainable=None`: all of D.
+  `g_factors`: None, or a float pytree of G's learning-rate factors (0
+  where frozen), which then replaces `g_trainable`.
   """
-  g_opt = optim.with_frozen(
-      optim.adam(stage_config.g_lr, stage_config.adam_b1, stage_config.adam_b2,
-                 stage_config.adam_eps), g_trainable)
+  if g_factors is not None:
+    make = lambda lr: optim.adam(lr, stage_config.adam_b1, stage_config.adam_b2,
+                                 stage_config.adam_eps)
+    g_opt = optim.with_learning_rate_factors(make, stage_config.g_lr, g_factors)
+  else:
+    g_opt = optim.with_frozen(
+        optim.adam(stage_config.g_lr, stage_config.adam_b1,
+                   stage_config.adam_b2, stage_config.adam_eps), g_trainable)
   d_opt = optim.adam(stage_config.d_lr, stage_config.adam_b1,
                      stage_config.adam_b2, stage_config.adam_eps)
   if d_trainable is not None:

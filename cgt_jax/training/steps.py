@@ -140,6 +140,16 @@ def _stack(nested):
   return jnp.stack(z), jnp.stack(labels)
 
 
+def regularizer_keys(state, setup):
+  """`[S, A]` keys of the D chunks' regularisers (`losses.Losses`), from
+  `fold_in(step rng, 1)`: the draws' keys (`sample_draws`) stay as they
+  were."""
+  keys = jax.random.split(
+      jax.random.fold_in(step_rng(state), 1),
+      setup.num_d_steps * setup.num_d_accumulations)
+  return keys.reshape((setup.num_d_steps, setup.num_d_accumulations))
+
+
 def step_rng(state):
   """The rng of the state's current step: `fold_in(seed key, step)`."""
   return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -172,23 +182,56 @@ def discriminate_train_mode(setup, d_params, d_state, images, labels):
   return logits, dict(new_state)
 
 
-def _d_chunk_loss(d_params, d_state, setup, fake, fake_labels, real,
-                  real_labels):
-  """Hinge loss of one chunk; fake and real go through D in one call."""
+def _d_chunk_loss(d_params,
+                  d_state,
+                  setup,
+                  fake,
+                  fake_labels,
+                  real,
+                  real_labels,
+                  key=None):
+  """D's loss of one chunk; fake and real go through D in one call (and
+  through the losses' regulariser, if any, in its own calls)."""
   images = jnp.concatenate([fake, real], axis=0)
   labels = jnp.concatenate([fake_labels, real_labels], axis=0)
-  logits, d_state = discriminate_train_mode(setup, d_params, d_state, images,
-                                            labels)
+  logits, d_state_after = discriminate_train_mode(setup, d_params, d_state,
+                                                  images, labels)
   d_fake, d_real = jnp.split(logits, [fake.shape[0]], axis=0)
   loss, terms = setup.losses.discriminator(d_real, d_fake)
-  return loss, (d_state, {
+  if setup.losses.regularizes_discriminator:
+    extra, extra_terms = _d_regularizer(d_params, d_state, setup, fake,
+                                        fake_labels, real, real_labels, key)
+    loss, terms = loss + extra, {**terms, **extra_terms}
+  return loss, (d_state_after, {
       'd_loss': loss,
       **terms, 'd_real': jnp.mean(d_real),
       'd_fake': jnp.mean(d_fake)
   })
 
 
-def d_update(state, setup, real, real_labels, z, fake_labels):
+def _d_regularizer(d_params, d_state, setup, fake, fake_labels, real,
+                   real_labels, key):
+  """The losses' D regulariser with a critic of the chunk's D (train mode,
+  the chunk's SN vectors; the state it would advance is dropped)."""
+
+  def critic(images, labels):
+    (out,
+     features), _ = setup.discriminator.apply({
+         'params': d_params,
+         **d_state
+     },
+                                              images,
+                                              labels,
+                                              train=True,
+                                              return_features=True,
+                                              mutable=D_MUTABLE)
+    return out, features
+
+  return setup.losses.discriminator_regularizer(critic, real, real_labels, fake,
+                                                fake_labels, key)
+
+
+def d_update(state, setup, real, real_labels, z, fake_labels, keys=None):
   """One D optimizer step over A chunks.
 
   Args:
@@ -196,6 +239,8 @@ def d_update(state, setup, real, real_labels, z, fake_labels):
     setup: the StageSetup.
     real, real_labels: `[A, B, H, W, 3]` images and `[A, B]` global labels.
     z, fake_labels: `[A, B, dim_z]` and `[A, B]`, the fakes' draws.
+    keys: `[A]` PRNG keys of the chunks' regularisers (augmentations),
+      when the losses have one (`Losses.regularizes_discriminator`).
   Returns:
     (new state, metrics with a leading chunk axis `[A]`).
   """
@@ -205,22 +250,21 @@ def d_update(state, setup, real, real_labels, z, fake_labels):
 
   def chunk(carry, inputs):
     grads, g_state, d_state = carry
-    real_chunk, labels_chunk, z_chunk, fake_labels_chunk = inputs
+    real_chunk, labels_chunk, z_chunk, fake_labels_chunk, *key = inputs
     fake, g_state = generate_train_mode(setup, state.g_params, g_state, z_chunk,
                                         fake_labels_chunk)
     chunk_grads, (d_state, metrics) = grad_fn(state.d_params, d_state, setup,
                                               jax.lax.stop_gradient(fake),
                                               fake_labels_chunk, real_chunk,
-                                              labels_chunk)
+                                              labels_chunk, *key)
     grads = jax.tree_util.tree_map(lambda a, g: a + scale * g, grads,
                                    chunk_grads)
     return (grads, g_state, d_state), metrics
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, state.d_params)
-  (grads, g_state,
-   d_state), metrics = _accumulation_loop(chunk,
-                                          (zeros, state.g_state, state.d_state),
-                                          (real, real_labels, z, fake_labels))
+  (grads, g_state, d_state), metrics = _accumulation_loop(
+      chunk, (zeros, state.g_state, state.d_state),
+      (real, real_labels, z, fake_labels) + (() if keys is None else (keys,)))
   updates, d_opt_state = setup.d_optimizer.update(grads, state.d_opt_state,
                                                   state.d_params)
   state = state.replace(
@@ -315,8 +359,10 @@ def train_step(state,
     return d_update(carry, setup, *inputs)
 
   images, labels = (as_chunks(batch[k], setup) for k in ('image', 'label'))
-  state, d_metrics = _accumulation_loop(
-      one_d_step, state, (images, labels, draws.d_z, draws.d_labels))
+  inputs = (images, labels, draws.d_z, draws.d_labels)
+  if setup.losses.regularizes_discriminator:
+    inputs += (regularizer_keys(state, setup),)
+  state, d_metrics = _accumulation_loop(one_d_step, state, inputs)
   state, g_metrics = g_update(state, setup, draws.g_z, draws.g_labels)
   if setup.ema_decay is not None:
     ema = optim.ema_update(state.g_ema, state.g_variables(), setup.ema_decay,

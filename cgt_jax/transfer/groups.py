@@ -95,11 +95,30 @@ def generator_mask(params: Mapping, trained: frozenset) -> dict:
       {path: group_of(path) in trained for path in flat}, sep='/')
 
 
-def discriminator_mask(params: Mapping, frozen_blocks: int = 0) -> dict:
+def learning_rate_factors(params: Mapping, trained: frozenset,
+                          factors: Mapping) -> dict:
+  """A pytree like `params`: 0 where the parameter's group does not train,
+  else `factors.get(group, 1)` (the group's learning-rate factor)."""
+  mask = generator_mask(params, trained)
+  flat = traverse_util.flatten_dict(dict(mask), sep='/')
+  return traverse_util.unflatten_dict(
+      {
+          path: float(factors.get(group_of(path), 1.0)) if trains else 0.0
+          for path, trains in flat.items()
+      },
+      sep='/')
+
+
+def discriminator_mask(params: Mapping,
+                       frozen_blocks: int = 0,
+                       frozen_layers: tuple = ()) -> dict:
   """True where a discriminator parameter trains (FreezeD: the lowest blocks
-  and the attention that follows them stay frozen)."""
+  and the attention that follows them stay frozen; `frozen_layers`: path
+  prefixes of single layers that stay frozen, e.g. 'block_0/conv1/')."""
 
   def trains(path):
+    if path.startswith(tuple(frozen_layers)):
+      return False
     match = re.match(r'^(block|attention)_(\d+)/', path)
     return not (match and int(match.group(2)) < frozen_blocks)
 

@@ -14,6 +14,9 @@ and evaluation are shared:
 | kp          | the source + knowledge propagation      | the KP layers  | all |
 | minegan     | the source + a miner per class in front | miners, then   | all |
 |             | of G (two stages)                       | miners + G     |     |
+| hypermod    | an UNCONDITIONAL source + class network | class network, | all but |
+|             | and per-layer hypernetworks modulating  | hypernetworks  | the RGB |
+|             | its block convs (self-aligned first)    |                | layers; K heads |
 
 A method object says:
 
@@ -21,8 +24,9 @@ A method object says:
   stage starts from, with their variables (weight surgery:
   `cgt_jax.transfer.surgery`); a module in front of G, an unconditional
   source or another D head is a matter of what this returns;
-* `generator_groups(stage)` / `frozen_d_blocks`: what trains
-  (`cgt_jax.transfer.groups`);
+* `generator_groups(stage)` / `frozen_d_blocks` / `frozen_d_layers`: what
+  trains (`cgt_jax.transfer.groups`), and `generator_lr_factors(stage)`
+  the groups' learning-rate factors;
 * `losses(stage_config, adversarial)`: its D and G losses
   (`cgt_jax.training.losses`; `adversarial` is the run's choice);
 * `stages(requested)`: which stages apply to it, and
@@ -35,6 +39,7 @@ ablations and `kp_finetune` (KP, then fine-tuning, sec. 5.4 / Table 3).
 
 import copy
 import dataclasses
+import pathlib
 from typing import Any, Callable, Optional
 
 import jax
@@ -42,11 +47,13 @@ import jax.numpy as jnp
 
 from cgt_jax.models import biggan
 from cgt_jax.models import bsa
+from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import minegan
 from cgt_jax.models import variables as variables_lib
 from cgt_jax.training import losses as losses_lib
 from cgt_jax.transfer import groups
+from cgt_jax.transfer import self_alignment
 from cgt_jax.transfer import surgery
 
 STAGES = ('pretrain', 'transfer', 'finetune')
@@ -74,11 +81,14 @@ class BuildContext:
     seed: the run's seed (fresh initialisation).
     dtype: the compute dtype of the modules.
     fresh: `num_classes -> Models`, the configured BigGAN from scratch.
+    stage_dir: the stage's folder, where a method keeps what it computes
+      before training (Hyper-Modulation's self-alignment), or None.
   """
   num_new: int
   seed: int
   dtype: Any
   fresh: Callable
+  stage_dir: Optional[pathlib.Path] = None
 
 
 def fresh_variables(generator, discriminator, seed: int) -> tuple:
@@ -111,6 +121,9 @@ class Method:
   can_finetune = False
   # The adversarial loss when `config.loss` is '' (`losses.ADVERSARIAL`).
   default_loss = 'hinge'
+  # The source form it transfers: conditional (N classes) or one class
+  # (`config.model.conditional`); a comparison pretrains what each needs.
+  conditional_source = True
 
   @classmethod
   def from_config(cls, name: str, summary: str, config) -> 'Method':
@@ -140,9 +153,19 @@ class Method:
     ('transfer', or 'finetune' when `can_finetune`)."""
     raise NotImplementedError
 
+  def generator_lr_factors(self, stage: str) -> Optional[dict]:
+    """None (every trained group at the stage's g_lr), or `{group: factor}`
+    of the groups that train at `factor * g_lr` in `stage`."""
+    del stage
+    return None
+
   def frozen_d_blocks(self) -> int:
     """How many of the lowest D blocks stay frozen in the transfer stage."""
     return 0
+
+  def frozen_d_layers(self) -> tuple:
+    """Path prefixes of single D layers frozen in the transfer stage."""
+    return ()
 
   def losses(self, stage_config, adversarial):
     """The D and G losses of the method's stages (`training.losses`):
@@ -384,6 +407,122 @@ class LatentMining(Method):
     return groups.MINER
 
 
+# The layers of BigGAN's D that read the RGB pixels: block 0's 3x3 conv1
+# and its 1x1 shortcut (StyleGAN's from_rgb, which the authors freeze).
+D_RGB_LAYERS = ('block_0/conv1/', 'block_0/conv_sc/')
+HYPERMOD_STARTS = ('self_alignment', 'closed_form')
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperModulation(Method):
+  """Hyper-Modulation (Laria et al. 2022): an unconditional source turned
+  conditional by a class network and per-layer hypernetworks that modulate
+  both 3x3 convolutions of every G block (`models.hypermod`); the rest of
+  G frozen. They start self-aligned to the source (no real data,
+  `transfer.self_alignment`) or in the closed form. D: a head of K logits
+  replaces its output layer, its RGB layers are frozen, and its loss gains
+  R1 and Barlow Twins on two augmented views (`losses.
+  HyperModulationLosses`). Options: `config.method_options.hypermod`.
+  """
+  options: Any = None  # config.method_options.hypermod
+  default_loss = 'non_saturating'
+  conditional_source = False
+
+  @classmethod
+  def from_config(cls, name, summary, config):
+    return cls(name, summary, config.method_options.hypermod)
+
+  def check(self, config):
+    if config.model.conditional:
+      raise MethodError(
+          'config.method=hypermod transfers an UNCONDITIONAL source: set '
+          'config.model.conditional=False (the pretrain stage then trains '
+          'one on all source classes) and give a one-class '
+          'source_checkpoint, if any')
+    if self.options.start not in HYPERMOD_STARTS:
+      raise MethodError(
+          f'config.method_options.hypermod.start={self.options.start!r} is '
+          f'not valid: use one of {list(HYPERMOD_STARTS)}')
+    ins, outs, _ = biggan.G_ARCH.get(config.model.resolution, ((), (), ()))
+    for conv_in, conv_out in zip(ins + outs, outs + outs):
+      try:
+        hypermod.check_rank(self.options.rank, conv_in * config.model.g_ch,
+                            conv_out * config.model.g_ch)
+      except ValueError as error:
+        raise MethodError(
+            f'config.method_options.hypermod.rank: {error}') from None
+
+  def models(self, source, context):
+    if source.generator.num_classes != 1:
+      raise MethodError(
+          'hypermod needs an unconditional (one-class) source, not one of '
+          f'{source.generator.num_classes} classes: pretrain one with '
+          'config.model.conditional=False')
+    generator = source.generator.clone(
+        num_new_classes=context.num_new,
+        new_classes=hypermod.Modulation(self.options.rank),
+        dtype=context.dtype)
+    discriminator = source.discriminator.clone(
+        num_new_classes=context.num_new,
+        projection=False,
+        source_projection=False,
+        class_heads=True,
+        dtype=context.dtype)
+    fresh_g, fresh_d = fresh_variables(generator, discriminator, context.seed)
+    g_vars = self._starting_variables(source, generator, fresh_g, context)
+    # The K-logit head replaces the source's output layer.
+    source_d = {
+        collection: {
+            k: v for k, v in tree.items() if k != 'linear'
+        } for collection, tree in source.d_variables.items()
+    }
+    d_vars = variables_lib.merge(source_d, fresh_d, 'discriminator')
+    return Models(generator, discriminator, g_vars, d_vars)
+
+  def _starting_variables(self, source, generator, fresh, context):
+    closed_form = self.options.start == 'closed_form'
+
+    def started(model, fresh_vars):
+      return surgery.start_modulated_convs(
+          surgery.init_from_source(source.g_variables, fresh_vars),
+          model.sn_eps, closed_form)
+
+    if closed_form:
+      return started(generator, fresh)
+    dummy = generator.clone(num_new_classes=1)
+    dummy_vars = started(
+        dummy,
+        fresh_variables(dummy, source.discriminator, context.seed)[0])
+    o = self.options
+    cache = context.stage_dir and context.stage_dir / 'self_alignment'
+    aligned, _ = self_alignment.cached_or_aligned(
+        cache,
+        dummy,
+        dummy_vars,
+        num_steps=o.alignment_steps,
+        batch_size=o.alignment_batch_size,
+        lr=o.alignment_lr,
+        class_network_factor=o.alignment_class_network_lr_factor,
+        seed=context.seed,
+        log_every=o.alignment_log_every)
+    return self_alignment.to_classes(aligned, started(generator, fresh))
+
+  def generator_groups(self, stage):
+    return groups.HYPER_MODULATION
+
+  def generator_lr_factors(self, stage):
+    return {'class_network': self.options.class_network_lr_factor}
+
+  def frozen_d_layers(self):
+    return D_RGB_LAYERS
+
+  def losses(self, stage_config, adversarial):
+    o = self.options
+    return losses_lib.HyperModulationLosses(adversarial, o.r1_weight,
+                                            o.contrastive_weight,
+                                            o.off_diagonal_weight)
+
+
 # ----------------------------------------------------------------------------
 # The registry: methods, and variants (named config switches on a method).
 # ----------------------------------------------------------------------------
@@ -400,6 +539,9 @@ METHODS = {
     'minegan': (LatentMining,
                 'mine G\'s latent and class inputs, then fine-tune (Wang et '
                 'al. 2020)'),
+    'hypermod': (HyperModulation,
+                 'class hypernetworks modulating an unconditional G\'s convs '
+                 '(Laria et al. 2022)'),
 }
 
 
@@ -487,6 +629,12 @@ def base_name(name: str) -> str:
 def summary(name: str) -> str:
   _check_name(name)
   return VARIANTS[name].summary if name in VARIANTS else METHODS[name][1]
+
+
+def conditional_source(name: str) -> bool:
+  """Whether the method (or variant) transfers a conditional source model
+  (else an unconditional one-class model: Hyper-Modulation)."""
+  return METHODS[base_name(name)][0].conditional_source
 
 
 def continues_from(name: str) -> Optional[str]:

@@ -14,6 +14,7 @@ the loop, the evaluator and the export all read that one object.
 """
 
 import dataclasses
+import pathlib
 from typing import Any, Optional
 
 import jax
@@ -250,14 +251,15 @@ def load_models(model_dir) -> methods.Models:
                         variables['discriminator'])
 
 
-def _transfer_models(plan, data, previous) -> methods.Models:
+def _transfer_models(plan, data, previous, stage_dir) -> methods.Models:
   """The networks the transfer stage of `plan.method` starts from."""
   config, num_new = plan.config, data.target.num_classes
   context = methods.BuildContext(
       num_new=num_new,
       seed=config.seed,
       dtype=_dtype(config),
-      fresh=lambda count: fresh_models(config, count))
+      fresh=lambda count: fresh_models(config, count),
+      stage_dir=stage_dir)
   source = None
   if plan.method.uses_source:
     source = load_models(previous)
@@ -304,7 +306,11 @@ def _finetune_models(plan, data, previous) -> methods.Models:
       discriminator=models.discriminator.clone(dtype=dtype))
 
 
-def stage_spec(stage: str, plan: Plan, data, previous) -> StageSpec:
+def stage_spec(stage: str,
+               plan: Plan,
+               data,
+               previous,
+               stage_dir: Optional[pathlib.Path] = None) -> StageSpec:
   """The complete description of `stage` (models built, masks computed).
 
   Args:
@@ -313,11 +319,13 @@ def stage_spec(stage: str, plan: Plan, data, previous) -> StageSpec:
     data: the run's `splits.SplitData` (global labels).
     previous: the model directory the stage starts from (the previous
       stage's export or the source checkpoint); None for pretraining.
+    stage_dir: the stage's folder, where a method may keep what it computes
+      before training (None: nothing is kept).
   """
   if stage == 'pretrain':
     models, dataset = _pretrain_models(plan.config, data)
   elif stage == 'transfer':
-    models = _transfer_models(plan, data, previous)
+    models = _transfer_models(plan, data, previous, stage_dir)
     dataset = data.target
   else:
     models = _finetune_models(plan, data, previous)
@@ -347,17 +355,26 @@ def training_setup(stage: str, plan: Plan, models: methods.Models,
   fine-tuning stages train what the method says, with its losses.
   """
   c = plan.stage_config(stage)
+  frozen_layers, factors = (), None
   if stage == 'pretrain':
     trained, frozen, losses = groups.SOURCE, 0, losses_lib.Hinge()
   else:
     method = plan.method
     trained = method.generator_groups(stage)
+    factors = method.generator_lr_factors(stage)
     frozen = method.frozen_d_blocks() if stage == 'transfer' else 0
+    if stage == 'transfer':
+      frozen_layers = method.frozen_d_layers()
     losses = method.losses(c, losses_lib.ADVERSARIAL[plan.loss]())
-  g_mask = groups.generator_mask(models.g_variables['params'], trained)
-  d_mask = groups.discriminator_mask(models.d_variables['params'], frozen)
+  g_params = models.g_variables['params']
+  g_mask = groups.generator_mask(g_params, trained)
+  if factors is not None:
+    factors = groups.learning_rate_factors(g_params, trained, factors)
+  d_mask = groups.discriminator_mask(models.d_variables['params'], frozen,
+                                     frozen_layers)
   d_frozen = not all(jax.tree_util.tree_leaves(d_mask))
-  g_opt, d_opt = state_lib.optimizers(c, g_mask, d_mask if d_frozen else None)
+  g_opt, d_opt = state_lib.optimizers(c, g_mask, d_mask if d_frozen else None,
+                                      factors)
   setup = state_lib.StageSetup(
       generator=models.generator,
       discriminator=models.discriminator,
