@@ -11,7 +11,9 @@ from flax import traverse_util
 from cgt_jax import default_config
 from cgt_jax.models import biggan
 from cgt_jax.models import hypermod
+from cgt_jax.models import model_io
 from cgt_jax.training import augment
+from cgt_jax.training import loop
 from cgt_jax.training import losses
 from cgt_jax.training import state as state_lib
 from cgt_jax.training import steps
@@ -21,6 +23,7 @@ from cgt_jax.transfer import self_alignment
 from cgt_jax.transfer import stages
 from cgt_jax.transfer import surgery
 from tests import reference_cases as rc
+from tests.test_train import interrupt_at
 from tests.test_train import save_models
 from tests.test_train import tiny_config
 from tests.test_train import transfer_spec
@@ -268,3 +271,26 @@ def test_an_unconditional_source_where_a_conditional_one_is_needed(
       r'config.model.conditional=False\)') as error:
     transfer_spec(tiny_config(), unconditional_source)  # kp, conditional
   assert '\n' not in str(error.value)
+
+
+def test_an_interrupted_transfer_resumes_bit_for_bit(unconditional_source,
+                                                     tmp_path, monkeypatch):
+  """R1's and the views' randomness comes from the step's key, and the
+  self-alignment is kept in the stage folder: SIGTERM, rerun, same model."""
+  config = hypermod_config(start='self_alignment', alignment_steps=2)
+  config.stages = ('transfer',)
+  config.source_checkpoint = str(unconditional_source)
+  config.transfer.num_steps = 3
+  config.transfer.eval_every = 0  # no evaluation: only the models matter
+  whole = loop.train_and_evaluate(config, tmp_path / 'whole')
+  with monkeypatch.context() as patch:
+    interrupt_at(patch, 2)
+    with pytest.raises(loop.Preempted):
+      loop.train_and_evaluate(config, tmp_path / 'resumed')
+  kept = tmp_path / 'resumed' / 'transfer' / 'self_alignment'
+  assert (kept / self_alignment.SUMMARY).exists()
+  resumed = loop.train_and_evaluate(config, tmp_path / 'resumed')
+  expected, actual = (_flat(model_io.load(d)[2]) for d in (whole, resumed))
+  assert expected.keys() == actual.keys()
+  for key, value in expected.items():
+    np.testing.assert_array_equal(actual[key], value, err_msg=key)
