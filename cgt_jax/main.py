@@ -2,6 +2,10 @@
 
 Runs the stages of CONFIG (see configs/); `--config.x=y` overrides a value.
 Rerunning the same command resumes an interrupted run.
+
+Exit status: 0 finished; 2 a user mistake (one `error:` line on stderr,
+e.g. a bad config value or a workdir another run holds); 75 stopped by
+SIGTERM with the state saved (requeue: the same command resumes).
 """
 
 import sys
@@ -48,7 +52,7 @@ def main(argv):
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except loop.Preempted as stop:
     logging.warning('%s', stop)
-    sys.exit(0)
+    sys.exit(loop.PREEMPTED_STATUS)
   except (loop.USER_ERRORS + (ValueError,)) as error:
     # ValueError: bad values caught by model/layer checks.
     print(f'error: {error}', file=sys.stderr)

@@ -21,6 +21,7 @@ import pytest
 from flax import traverse_util
 
 from cgt_jax.models import model_io
+from cgt_jax.training import loop
 
 REPO = pathlib.Path(__file__).parent.parent
 SOURCE = ('red_square', 'green_disc', 'blue_cross', 'yellow_ring')
@@ -151,7 +152,9 @@ def test_sigterm_to_one_process_saves_one_step_on_both(uninterrupted, tmp_path):
     _wait_for(logs[0], f'[pretrain] step 1/{STEPS}')
     processes[1].send_signal(signal.SIGTERM)
 
-  assert _run_two(workdir, STEPS, logs, preempt_process_1) == [0, 0]
+  # Both stop with the preempted status (not 0: a scheduler requeues).
+  assert _run_two(workdir, STEPS, logs,
+                  preempt_process_1) == [loop.PREEMPTED_STATUS] * 2
   stopped = [
       int(log.read_text().split('stopped by SIGTERM at step ')[1].split(';')[0])
       for log in logs

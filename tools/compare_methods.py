@@ -12,8 +12,9 @@ DIR/comparison.png and DIR/samples.png beside it. What runs and how:
 `cgt_jax.experiments.compare`. A rerun skips finished runs and resumes an
 interrupted one.
 
-An unknown method, a bad config or data, and a diverged source model are
-reported as one `error: ...` line (exit status 2).
+An unknown method, a bad config or data, a diverged source model and a
+workdir another run holds are reported as one `error: ...` line (exit
+status 2); a run stopped by SIGTERM exits with 75 (rerun to resume).
 """
 
 import sys
@@ -59,7 +60,12 @@ def _flags(argv: list) -> flags.FlagValues:
 def _run(args) -> int:
   # Names first: a typo fails before any training starts.
   names = methods.names_of(args.methods)
-  print(compare.compare_methods(args.config, args.workdir, names))
+  try:
+    text = compare.compare_methods(args.config, args.workdir, names)
+  except loop.Preempted as stop:
+    print(stop, file=sys.stderr)
+    return loop.PREEMPTED_STATUS  # the same command resumes
+  print(text)
   print(f'wrote {args.workdir}/comparison.md, comparison.json, '
         'comparison.png and samples.png')
   return 0

@@ -11,7 +11,9 @@ Workdir layout (one folder per stage):
     WORKDIR/<stage>/events.out.tfevents.*         TensorBoard scalars/images
 
 A stage whose `summary.json` exists is complete and skipped on a rerun; an
-interrupted stage resumes from its newest checkpoint. On several processes
+interrupted stage resumes from its newest checkpoint. A run holds
+WORKDIR/.cgt_jax.lock while it runs (`runtime.workdir_lock`): a second run
+on the same workdir stops at once. On several processes
 every process trains and saves (orbax checkpoints are collective); only
 process 0 writes the other files and logs.
 """
@@ -34,6 +36,7 @@ from cgt_jax.evaluation import comparison
 from cgt_jax.evaluation import evaluator as evaluator_lib
 from cgt_jax.models import model_io
 from cgt_jax.runtime import parallel
+from cgt_jax.runtime import workdir_lock
 from cgt_jax.training import checkpointing
 from cgt_jax.training import reporting
 from cgt_jax.training import state as state_lib
@@ -53,7 +56,11 @@ class Preempted(RuntimeError):
 # Mistakes a user can fix: commands report them in one line, no traceback.
 USER_ERRORS = (stages.ConfigError, datasets.DatasetError,
                model_io.ModelDirError, keymap.StateDictMismatchError,
-               methods.MethodError, TrainingDiverged)
+               methods.MethodError, TrainingDiverged,
+               workdir_lock.WorkdirLocked)
+# The exit status of a run stopped by SIGTERM with its state saved
+# (sysexits' EX_TEMPFAIL): a scheduler requeues it; 0 means finished.
+PREEMPTED_STATUS = 75
 
 
 def train_and_evaluate(config, workdir) -> pathlib.Path:
@@ -62,6 +69,13 @@ def train_and_evaluate(config, workdir) -> pathlib.Path:
   workdir = pathlib.Path(workdir).absolute()
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
+  # Before the first write: a second run must not touch this one's files.
+  with workdir_lock.held(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(plan, workdir)
+
+
+def _train_and_evaluate(plan, workdir) -> pathlib.Path:
+  if jax.process_index() == 0:
     (workdir / 'config.json').write_text(
         plan.config.to_json_best_effort(indent=2))
   mesh = parallel.make_mesh()
