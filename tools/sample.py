@@ -51,8 +51,26 @@ def _read_latents(path, generator):
   if z.ndim != 2 or z.shape[1] != generator.dim_z or y.shape != z.shape[:1]:
     raise ValueError(f'{path}: z must be [B, {generator.dim_z}] and y [B]; '
                      f'got z {z.shape}, y {y.shape}')
+  bad = np.flatnonzero(~np.all(np.isfinite(z), axis=1))
+  if bad.size:
+    raise ValueError(f'{path}: z has NaN or infinite values in rows '
+                     f'{bad[:5].tolist()}: give finite latents')
+  y = _integer_labels(path, y)
   biggan.check_labels(y, generator.num_labels)
   return jnp.asarray(z), jnp.asarray(y.astype(np.int32))
+
+
+def _integer_labels(path, y):
+  """y as integers; whole-valued floats pass, anything else is refused."""
+  if np.issubdtype(y.dtype, np.integer):
+    return y
+  numeric = np.issubdtype(y.dtype, np.floating)
+  whole = numeric and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+  if not whole:
+    shown = y[:5].tolist() if numeric else str(y.dtype)
+    raise ValueError(f'{path}: y must hold whole class labels, got {shown}: '
+                     'save integer labels')
+  return y.astype(np.int64)
 
 
 def _grid_latents(generator, columns, seed):
