@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cgt_jax.runtime import cli
 from cgt_jax.runtime import process
 from cgt_jax.training import loop
 
@@ -59,5 +60,16 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse(argv):
+  """absl's parsing of the flags above, with cgt_jax's convention
+  (`runtime.cli`): a usage mistake (an unknown `--config.` field, a bad
+  value, a missing flag) is one `error:` line and exit status 2."""
+  try:
+    cli.parse(FLAGS, argv[1:], __doc__)
+  except cli.Exit as stop:
+    sys.exit(stop.status)
+  return argv[:1]
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse)

@@ -3,8 +3,11 @@
 existed before (issue "Nothing lost and nothing cryptic")."""
 
 import hashlib
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +83,37 @@ def test_sample_tool_mistakes(make, message, model_dir, tmp_path, capsys):
   assert re.search(message, err[0]), err[0]
   assert _snapshot(tmp_path, model_dir) == before
   assert not (tmp_path / 'out.npz').exists()
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# `python -m cgt_jax.main` flags and the line each must print.
+MAIN_CASES = [
+    (['--config.nosuchkey=1'], "error: no such config field: 'nosuchkey'"),
+    (['--config.seed=one'], 'error: flag --config.seed=one: invalid literal'),
+]
+
+
+@pytest.mark.parametrize(
+    'extra,line', MAIN_CASES, ids=['unknown_config_key', 'bad_config_value'])
+def test_main_usage_mistakes(extra, line, tmp_path):
+  workdir = tmp_path / 'work'
+  result = subprocess.run(
+      [
+          sys.executable, '-m', 'cgt_jax.main', '--config=configs/demo.py',
+          f'--workdir={workdir}'
+      ] + extra,
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      env={
+          **os.environ, 'XLA_FLAGS': ''
+      },
+      timeout=120,
+      check=False)
+  assert result.returncode == 2
+  errors = [
+      text for text in result.stderr.splitlines() if text.startswith('error:')
+  ]
+  assert len(errors) == 1 and errors[0].startswith(line), result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()  # stopped before touching anything
