@@ -169,17 +169,24 @@ def generate_train_mode(setup, g_params, g_state, z, labels):
   return images, {**g_state, **new_state}
 
 
-def discriminate_train_mode(setup, d_params, d_state, images, labels):
-  """A train-mode D forward: `(logits [B, 1], new d_state)`."""
-  logits, new_state = setup.discriminator.apply({
+def discriminate_train_mode(setup,
+                            d_params,
+                            d_state,
+                            images,
+                            labels,
+                            return_features: bool = False):
+  """A train-mode D forward: `(logits [B, 1], new d_state)`; with
+  `return_features` the first item is `(logits, penultimate features)`."""
+  out, new_state = setup.discriminator.apply({
       'params': d_params,
       **d_state
   },
-                                                images,
-                                                labels,
-                                                train=True,
-                                                mutable=D_MUTABLE)
-  return logits, dict(new_state)
+                                             images,
+                                             labels,
+                                             train=True,
+                                             return_features=return_features,
+                                             mutable=D_MUTABLE)
+  return out, dict(new_state)
 
 
 def _d_chunk_loss(d_params,
@@ -215,17 +222,8 @@ def _d_regularizer(d_params, d_state, setup, fake, fake_labels, real,
   the chunk's SN vectors; the state it would advance is dropped)."""
 
   def critic(images, labels):
-    (out,
-     features), _ = setup.discriminator.apply({
-         'params': d_params,
-         **d_state
-     },
-                                              images,
-                                              labels,
-                                              train=True,
-                                              return_features=True,
-                                              mutable=D_MUTABLE)
-    return out, features
+    return discriminate_train_mode(
+        setup, d_params, d_state, images, labels, return_features=True)[0]
 
   return setup.losses.discriminator_regularizer(critic, real, real_labels, fake,
                                                 fake_labels, key)
