@@ -34,6 +34,11 @@ def stage_config(num_steps: int) -> ml_collections.ConfigDict:
   c.ema_decay = 0.0  # 0 disables the generator EMA
   c.ema_start = 0
   c.log_every = 50
+  # training/health.py: stop when a loss or mean D output stays beyond
+  # +-divergence_bound at every check (log step) of divergence_patience
+  # steps; 0 turns the guard off. NaN/inf always stops at once.
+  c.divergence_bound = 1e3
+  c.divergence_patience = 100
   c.checkpoint_every = 1000
   c.sample_every = 1000
   c.eval_every = 0  # 0: no periodic evaluation

@@ -3,9 +3,17 @@
 Runs the stages of CONFIG (see configs/); `--config.x=y` overrides a value.
 Rerunning the same command resumes an interrupted run.
 
-Exit status: 0 finished; 2 a user mistake (one `error:` line on stderr,
-e.g. a bad config value or a workdir another run holds); 75 stopped by
-SIGTERM with the state saved (requeue: the same command resumes).
+Rerunning it on a workdir with progress resumes with the settings the run
+started with: other settings that would change the results are refused
+with the list of differences (`--accept_config_changes` accepts them);
+more `num_steps` trains on, a finished stage included
+(cgt_jax/training/resume_check.py).
+
+Exit status: 0 finished; 2 a user mistake or a run that cannot go on (one
+`error:` line on stderr naming the fix: a bad config value, a workdir
+another run holds or that cannot be written, a full disk, a diverged run);
+75 stopped by SIGTERM with the state saved (requeue: the same command
+resumes).
 """
 
 import sys
@@ -36,6 +44,10 @@ flags.DEFINE_string(
 flags.DEFINE_integer('num_processes', None, 'With --distributed elsewhere.')
 flags.DEFINE_integer('process_id', None, 'With --distributed elsewhere: '
                      '0..num_processes-1.')
+flags.DEFINE_bool(
+    'accept_config_changes', False, 'Resume a workdir with settings that '
+    'differ from those it started with (refused otherwise: the error lists '
+    'the differences); the old ones are kept as config.<time>.json.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -49,15 +61,21 @@ def main(argv):
       process_id=FLAGS.process_id)
   logging.info('cgt_jax: %d device(s) (%s), %d process(es)', jax.device_count(),
                jax.devices()[0].platform, jax.process_count())
+  sys.exit(run(FLAGS.config, FLAGS.workdir, FLAGS.accept_config_changes))
+
+
+def run(config, workdir, accept_config_changes: bool = False) -> int:
+  """Trains `config` in `workdir`; returns the exit status (module doc)."""
   try:
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    loop.train_and_evaluate(config, workdir, accept_config_changes)
   except loop.Preempted as stop:
     logging.warning('%s', stop)
-    sys.exit(loop.PREEMPTED_STATUS)
+    return loop.PREEMPTED_STATUS
   except (loop.USER_ERRORS + (ValueError,)) as error:
     # ValueError: bad values caught by model/layer checks.
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
+    cli.print_error(error)
+    return cli.USAGE_STATUS
+  return 0
 
 
 def _parse(argv):

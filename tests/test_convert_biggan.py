@@ -300,6 +300,7 @@ def _fails(tool, capsys, out, *args) -> str:
   assert captured.err.startswith('error: ') and captured.err.count('\n') == 1
   assert 'Traceback' not in captured.err
   assert not out.exists() and not out.with_name(out.name + '.partial').exists()
+  assert not list(out.parent.glob(f'.{out.name}.*'))  # no staging left
   return captured.err
 
 

@@ -22,7 +22,10 @@ BigGAN-deep uses 1e-4 for both. Pass --sn-eps/--bn-eps if the model was
 trained with other values.
 
 Any problem is reported as one `error: ...` line naming the file, key and
-shapes (exit status 2), and nothing is written to --out.
+shapes (exit status 2), and nothing is written to --out. An existing model
+at --out is replaced (atomically) only with --overwrite; the converter
+writes into a hidden staging folder of its own beside --out, so no other
+file is touched.
 """
 
 import pathlib
@@ -102,6 +105,11 @@ def _flags() -> flags.FlagValues:
                   'D.pth (BigGAN-PyTorch or cGANTransfer)', values)
   cli.define_path(
       'out', None, 'model directory to write', values, required=True)
+  flags.DEFINE_bool(
+      'overwrite',
+      False,
+      'replace an existing model directory at --out',
+      flag_values=values)
   flags.DEFINE_enum(
       'format',
       'auto', ('auto',) + infer.FORMATS,
@@ -160,22 +168,27 @@ def _overrides(args, fields: dict) -> dict:
   }
 
 
-def _check_out(out: pathlib.Path):
-  """Refuses to replace anything but a model directory (or an empty one)."""
-  if not out.exists() or (out / model_io.ARCHITECTURE_FILE).is_file():
+def _check_out(out: pathlib.Path, overwrite: bool):
+  """Refuses to replace anything but a model directory (or an empty one),
+  and a model directory without --overwrite."""
+  if not out.exists() or (out.is_dir() and not any(out.iterdir())):
     return
-  if not out.is_dir() or any(out.iterdir()):
+  if not (out / model_io.ARCHITECTURE_FILE).is_file():
     raise ValueError(f'{out} exists and is not a cgt_jax model directory; '
                      'refusing to replace it: choose another --out')
+  if not overwrite:
+    raise ValueError(f'{out} already holds a converted model: pass '
+                     '--overwrite to replace it, or choose another --out')
 
 
 def _save(out, *arch_and_variables):
-  model_io.save(out, *arch_and_variables)
+  # `_check_out` allowed it: an empty folder or a model with --overwrite.
+  model_io.save(out, *arch_and_variables, overwrite=True)
 
 
 def convert(args) -> str:
   """Reads, checks and writes; returns a one-line summary."""
-  _check_out(args.out)
+  _check_out(args.out, args.overwrite)
   g_state, fmt = biggan_pth.read(args.generator, args.format)
   if fmt == infer.BIGGAN_DEEP:
     return _convert_deep(args, g_state)

@@ -16,6 +16,7 @@ be a training workdir: its last completed stage's model is used.
 
 import pathlib
 import sys
+import zipfile
 
 from absl import flags
 import jax
@@ -42,6 +43,13 @@ def _model_dir(path: pathlib.Path) -> pathlib.Path:
 
 
 def _read_latents(path, generator):
+  # Not np.load's own error: for a file that is not .npz it is advice on
+  # loading pickles, which is no way to fix this.
+  if not pathlib.Path(path).is_file():
+    raise ValueError(f'{path}: no such file: give the .npz of z and y')
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f'{path} is not an .npz file: save the latents with '
+                     'numpy.savez(path, z=z, y=y)')
   try:
     with np.load(path) as data:
       z, y = np.asarray(data['z'], np.float32), np.asarray(data['y'])

@@ -151,9 +151,8 @@ def generator_arch(state_dict: Mapping[str, np.ndarray],
   n_blocks, resolution = _blocks(shapes, _G_RESOLUTIONS, 'generator')
   resolution = known.get('resolution', resolution)
   ins, _, resolutions = biggan.G_ARCH.get(resolution, biggan.G_ARCH[128])
-  rows, chunk = shapes.get('linear.weight', 2, 'ch and dim_z')
-  ch = known.get('ch') or _multiple(shapes, 'linear.weight', rows, 16 * ins[0],
-                                    f'16 * {ins[0]} * ch ({resolution} px)')
+  ch = known.get('ch') or _generator_width(shapes, ins[0], resolution)
+  chunk = _linear_columns(shapes, 16 * ins[0] * ch)
   arch = dict(resolution=resolution, ch=ch, bottom_width=4)
   arch.update(_conditioning(shapes, n_blocks, chunk))
   arch['attention'] = _attention(shapes, resolutions, 'generator')
@@ -166,6 +165,28 @@ def generator_arch(state_dict: Mapping[str, np.ndarray],
       weights_init='ortho' if imagenet_like else 'N02')
   arch.update(known)
   return arch
+
+
+def _generator_width(shapes: _Shapes, in_mult: int, resolution: int) -> int:
+  """G's ch from the input channels of the first block's conv (`in_mult`
+  * ch), the tensor least likely to be edited by hand."""
+  key = 'blocks.0.0.conv1.weight'
+  channels = shapes.get(key, 4, 'the G channel width')[1]
+  return _multiple(shapes, key, channels, in_mult,
+                   f'{in_mult} * ch ({resolution} px)')
+
+
+def _linear_columns(shapes: _Shapes, rows: int) -> int:
+  """The z chunk (columns) of `linear.weight`, whose rows must be `rows`
+  (4 x 4 x the first block's input channels)."""
+  shape = shapes.get('linear.weight', 2, 'dim_z')
+  if shape[0] != rows:
+    hint = (f'; it looks transposed: save it as {shape[::-1]}'
+            if shape[1] == rows else '')
+    raise shapes.error(
+        f"key 'linear.weight' has shape {shape}: expected {rows} rows (4 x 4 x "
+        f"the input channels of 'blocks.0.0.conv1.weight'){hint}")
+  return shape[1]
 
 
 def _conditioning(shapes: _Shapes, n_blocks: int, chunk: int) -> dict:
@@ -181,6 +202,13 @@ def _conditioning(shapes: _Shapes, n_blocks: int, chunk: int) -> dict:
     return dict(num_classes=num_classes, shared_dim=0, hier=False, dim_z=chunk)
   num_classes, shared_dim = shapes.get('shared.weight', 2, 'shared_dim')
   _, cond = shapes.get(gain_key, 2, 'hierarchical z')
+  if cond not in (shared_dim, shared_dim + chunk):
+    hint = (f'; it looks transposed: save it as {(shared_dim, num_classes)}'
+            if cond in (num_classes, num_classes + chunk) else '')
+    raise shapes.error(
+        f"key 'shared.weight' has shape {(num_classes, shared_dim)}: "
+        f"[classes, shared_dim] with shared_dim the {cond} input columns of "
+        f'{gain_key!r} (minus a z chunk of {chunk} when hierarchical){hint}')
   hier = cond > shared_dim
   if hier and cond != shared_dim + chunk:
     raise shapes.error(

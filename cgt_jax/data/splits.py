@@ -122,6 +122,12 @@ def load(data_config,
         f'classes {overlap} are both source and target classes: remove '
         'them from config.data.source_classes or target_classes')
   source = None
+  if need_source and not names:
+    raise datasets.DatasetError(
+        f'every class of the dataset ({", ".join(available)}) is a target '
+        'class, so none is left to pretrain the source model on: add source '
+        'classes, or start from a pretrained model with '
+        '--config.source_checkpoint=DIR')
   if need_source:
     source = _classes(data_config, names, data_config.source_images_per_class,
                       resolution, everything)

@@ -17,9 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import pathlib
-import shutil
 import warnings
 
 import jax
@@ -31,6 +29,7 @@ from flax import linen as nn
 
 from cgt_jax.evaluation import features as features_lib
 from cgt_jax.evaluation import stats_cache
+from cgt_jax.runtime import atomic_dir
 
 METADATA_FILE = 'classifier.json'
 VARIABLES_DIR = 'variables'
@@ -179,15 +178,16 @@ def cache_key(dataset_hash: str, num_classes: int, config: TrainConfig) -> str:
 
 
 def _save(directory: pathlib.Path, variables, metadata: dict) -> None:
-  staging = directory.with_name(directory.name + '.partial')
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
-  (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(staging / VARIABLES_DIR, variables)
-  checkpointer.wait_until_finished()
-  shutil.rmtree(directory, ignore_errors=True)
-  os.replace(staging, directory)
+  staging = atomic_dir.create_staging(directory)
+  try:
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(staging / VARIABLES_DIR, variables)
+    checkpointer.wait_until_finished()
+  except BaseException:
+    atomic_dir.discard(staging)
+    raise
+  atomic_dir.commit(staging, directory)
 
 
 def _abstract_variables(num_classes: int, config: TrainConfig, shape):

@@ -23,10 +23,8 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import pathlib
 import re
-import shutil
 import warnings
 from typing import Mapping
 
@@ -37,6 +35,7 @@ import orbax.checkpoint as ocp
 from cgt_jax.convert import keymap
 from cgt_jax.convert import pth_reader
 from cgt_jax.evaluation import inception
+from cgt_jax.runtime import atomic_dir
 
 METADATA_FILE = 'inception.json'
 VARIABLES_DIR = 'variables'
@@ -214,19 +213,18 @@ def load_pth(path, variant_name: str, allow_unofficial: bool = False):
 
 
 def save(directory, variables, metadata: dict) -> pathlib.Path:
-  """Writes a converted directory atomically (temporary sibling, rename)."""
-  directory = pathlib.Path(directory).absolute()
-  staging = directory.with_name(directory.name + '.partial')
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
-  (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(staging / VARIABLES_DIR,
-                    jax.tree_util.tree_map(np.asarray, variables))
-  checkpointer.wait_until_finished()
-  shutil.rmtree(directory, ignore_errors=True)
-  os.replace(staging, directory)
-  return directory
+  """Writes a converted directory atomically (`runtime.atomic_dir`)."""
+  staging = atomic_dir.create_staging(directory)
+  try:
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(staging / VARIABLES_DIR,
+                      jax.tree_util.tree_map(np.asarray, variables))
+    checkpointer.wait_until_finished()
+  except BaseException:
+    atomic_dir.discard(staging)
+    raise
+  return atomic_dir.commit(staging, directory)
 
 
 def load(directory):

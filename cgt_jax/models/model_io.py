@@ -10,15 +10,15 @@ exports, `config.source_checkpoint` reads and `tools/sample.py` samples from:
 The architecture dicts are the keyword arguments of `biggan.Generator` and
 `biggan.Discriminator` (with the generator's `new_classes` form as a dict
 tagged by `form`, see `NEW_CLASS_FORMS`), so a directory alone rebuilds the
-models. A save goes to a temporary sibling first and is renamed
-into place, so a failed save never leaves a half-written directory.
+models. A save goes to a staging sibling of this run first and is renamed
+into place (`runtime.atomic_dir`), so a failed save never leaves a
+half-written directory and never removes a folder the program did not make.
 """
 
+import contextlib
 import dataclasses
 import json
-import os
 import pathlib
-import shutil
 from typing import Optional
 
 import jax
@@ -32,6 +32,7 @@ from cgt_jax.models import bsa
 from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import minegan
+from cgt_jax.runtime import atomic_dir
 from cgt_jax.runtime import parallel
 
 ARCHITECTURE_FILE = 'architecture.json'
@@ -130,51 +131,64 @@ def save(directory,
          generator_arch: dict,
          generator_variables,
          discriminator_arch: Optional[dict] = None,
-         discriminator_variables=None) -> pathlib.Path:
-  """Writes a model directory atomically (temporary sibling, then rename).
+         discriminator_variables=None,
+         overwrite: bool = False) -> pathlib.Path:
+  """Writes a model directory atomically (`runtime.atomic_dir`).
 
-  On several processes every process calls this (the orbax save is
-  collective); process 0 alone touches the file system otherwise, and
-  every process returns once the directory is in place.
+  An existing directory at `directory` is replaced only with `overwrite`
+  (else ModelDirError, before anything is written). On several processes
+  every process calls this (the orbax save is collective); process 0 alone
+  touches the file system otherwise, and every process returns once the
+  directory is in place.
   """
   directory = pathlib.Path(directory).absolute()
-  staging = directory.with_name(directory.name + '.partial')
+  if directory.exists() and not overwrite:
+    raise ModelDirError(f'{directory} already exists: replacing it needs '
+                        'overwrite=True (tools: --overwrite)')
   primary = jax.process_index() == 0
+  token = atomic_dir.shared_token()
+  staging = atomic_dir.staging_path(directory, token)
   if primary:
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    arch = {'generator': generator_arch, 'discriminator': discriminator_arch}
-    (staging / ARCHITECTURE_FILE).write_text(json.dumps(arch, indent=2))
+    with _naming_errors(directory):
+      atomic_dir.create_staging(directory, token)
+      arch = {'generator': generator_arch, 'discriminator': discriminator_arch}
+      (staging / ARCHITECTURE_FILE).write_text(json.dumps(arch, indent=2))
   parallel.sync(f'model_io: staging {staging}')
   tree = {'generator': jax.tree_util.tree_map(np.asarray, generator_variables)}
   if discriminator_variables is not None:
     tree['discriminator'] = jax.tree_util.tree_map(np.asarray,
                                                    discriminator_variables)
   try:
-    # A synchronous checkpointer: the write is complete when save returns.
-    _checkpointer().save(
-        staging / VARIABLES_DIR, args=ocp.args.PyTreeSave(tree))
+    with _naming_errors(directory):
+      # A synchronous checkpointer: the write is complete when save returns.
+      _checkpointer().save(
+          staging / VARIABLES_DIR, args=ocp.args.PyTreeSave(tree))
+      if primary:
+        atomic_dir.commit(staging, directory)
   except BaseException:
     if primary:
-      shutil.rmtree(staging, ignore_errors=True)
+      atomic_dir.discard(staging)
     raise
-  if primary:
-    _replace(directory, staging)
   parallel.sync(f'model_io: saved {directory}')
   return directory
 
 
-def _replace(directory: pathlib.Path, staging: pathlib.Path):
-  """Moves `staging` to `directory`, replacing an older one only once the
-  new one is complete."""
-  if directory.exists():
-    backup = directory.with_name(directory.name + '.old')
-    shutil.rmtree(backup, ignore_errors=True)
-    os.replace(directory, backup)
-    os.replace(staging, directory)
-    shutil.rmtree(backup)
-  else:
-    os.replace(staging, directory)
+@contextlib.contextmanager
+def _naming_errors(directory: pathlib.Path):
+  """An OSError (read-only, ...) or tensorstore's full-disk error while
+  writing `directory` as a ModelDirError naming it, not the staging path
+  the write went to."""
+  try:
+    yield
+  except OSError as error:
+    reason = error.strerror or str(error)
+    raise ModelDirError(f'cannot write {directory}: {reason}: free space or '
+                        'choose a writable location') from None
+  except ValueError as error:  # tensorstore's write errors
+    if 'RESOURCE_EXHAUSTED' not in str(error):
+      raise
+    raise ModelDirError(f'cannot write {directory}: the disk is full: free '
+                        'space or choose another location') from None
 
 
 def _checkpointer():

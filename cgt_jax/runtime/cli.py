@@ -138,6 +138,7 @@ def parse(flag_values: flags.FlagValues,
   if _asks_for_help(argv):
     print(help_text(flag_values, doc))
     raise Exit(0)
+  _check_repeated_overrides(argv)
   rest = _parse_flags(flag_values, argv)
   if rest and not positional:
     raise _usage_error(f'unexpected arguments {rest}')
@@ -148,6 +149,23 @@ def parse(flag_values: flags.FlagValues,
   if positional:
     values[positional] = rest
   return types.SimpleNamespace(**values)
+
+
+def _check_repeated_overrides(argv: list) -> None:
+  """A `--config.x` override given twice is a usage error: ml_collections
+  would concatenate two tuple values (and then fail on something else)."""
+  before_end = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  names = [
+      arg[2:].split('=')[0]
+      for arg in before_end
+      if arg.startswith('--') and '.' in arg[2:].split('=')[0]
+  ]
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    name = repeated[0]
+    raise _usage_error(
+        f'--{name} is given {names.count(name)} times: give it once (a tuple '
+        f'as one value, e.g. --{name}="(\'a\', \'b\')")')
 
 
 def _parse_flags(flag_values: flags.FlagValues, argv: list) -> list:

@@ -31,6 +31,25 @@ class WorkdirLocked(RuntimeError):
   """Another live run holds the workdir."""
 
 
+class WorkdirUnwritable(RuntimeError):
+  """The workdir cannot be created or written (permissions, read-only or
+  full file system)."""
+
+
+def _unwritable(workdir, error: OSError) -> WorkdirUnwritable:
+  return WorkdirUnwritable(
+      f'cannot write in {workdir}: {error.strerror or error}: choose a '
+      '--workdir you can write to (or fix its permissions or free space)')
+
+
+def make_workdir(workdir: pathlib.Path) -> None:
+  """Creates the workdir (and its parents) if needed."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise _unwritable(workdir, error) from None
+
+
 def _holder_text(holder: dict) -> str:
   started = time.strftime('%Y-%m-%d %H:%M:%S',
                           time.localtime(holder.get('started', 0)))
@@ -61,6 +80,8 @@ def _write_exclusive(path: pathlib.Path, holder: dict) -> bool:
     descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:
     return False
+  except OSError as error:  # the first write of a run: read-only, full ...
+    raise _unwritable(path.parent, error) from None
   with os.fdopen(descriptor, 'w') as file:
     json.dump(holder, file)
   return True
@@ -71,6 +92,7 @@ def acquire(workdir) -> dict:
 
   Raises:
     WorkdirLocked: a live run (or one on another host) holds it.
+    WorkdirUnwritable: the lock file cannot be created.
   """
   path = pathlib.Path(workdir) / LOCK_FILE
   me = {

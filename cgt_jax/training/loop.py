@@ -38,15 +38,15 @@ from cgt_jax.models import model_io
 from cgt_jax.runtime import parallel
 from cgt_jax.runtime import workdir_lock
 from cgt_jax.training import checkpointing
+from cgt_jax.training import health
 from cgt_jax.training import reporting
+from cgt_jax.training import resume_check
 from cgt_jax.training import state as state_lib
 from cgt_jax.training import steps
 from cgt_jax.transfer import methods
 from cgt_jax.transfer import stages
 
-
-class TrainingDiverged(RuntimeError):
-  """A loss became NaN or infinite."""
+TrainingDiverged = health.TrainingDiverged
 
 
 class Preempted(RuntimeError):
@@ -57,36 +57,57 @@ class Preempted(RuntimeError):
 USER_ERRORS = (stages.ConfigError, datasets.DatasetError,
                model_io.ModelDirError, keymap.StateDictMismatchError,
                methods.MethodError, TrainingDiverged,
-               workdir_lock.WorkdirLocked)
+               workdir_lock.WorkdirLocked, workdir_lock.WorkdirUnwritable,
+               resume_check.SettingsChanged,
+               checkpointing.CheckpointWriteFailed)
 # The exit status of a run stopped by SIGTERM with its state saved
 # (sysexits' EX_TEMPFAIL): a scheduler requeues it; 0 means finished.
 PREEMPTED_STATUS = 75
 
 
-def train_and_evaluate(config, workdir) -> pathlib.Path:
-  """Runs the stages of `config`; returns the last stage's model directory."""
+def train_and_evaluate(config,
+                       workdir,
+                       accept_config_changes: bool = False) -> pathlib.Path:
+  """Runs the stages of `config`; returns the last stage's model directory.
+
+  A workdir with progress resumes it, with the settings it started with
+  (`resume_check`; `accept_config_changes` lets a rerun change them).
+  """
   plan = stages.resolve(config)
   workdir = pathlib.Path(workdir).absolute()
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
+  primary = jax.process_index() == 0
+  if primary:
+    workdir_lock.make_workdir(workdir)
   # Before the first write: a second run must not touch this one's files.
-  with workdir_lock.held(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(plan, workdir)
+  with workdir_lock.held(workdir, enabled=primary):
+    return _train_and_evaluate(plan, workdir, accept_config_changes)
 
 
-def _train_and_evaluate(plan, workdir) -> pathlib.Path:
-  if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(
-        plan.config.to_json_best_effort(indent=2))
+def _train_and_evaluate(plan, workdir, accept_config_changes) -> pathlib.Path:
+  resume_check.check_settings(workdir, plan, accept_config_changes)
+  resume_check.check_progress(workdir, plan)
+  preemption = checkpointing.Preemption()
+  try:
+    return _run_stages(plan, workdir, preemption)
+  finally:
+    preemption.close()
+
+
+def _run_stages(plan, workdir, preemption) -> pathlib.Path:
   mesh = parallel.make_mesh()
   data = splits.load(
       plan.config.data,
       need_source=plan.needs_source_data,
       resolution=plan.config.model.resolution,
       target_first_label=plan.target_first_label())
+  if jax.process_index() == 0:  # the run's settings, once they all check out
+    resume_check.record(workdir, plan.config)
   previous = plan.source_checkpoint
   for stage in plan.stages:
-    previous = run_stage(stage, plan, workdir, mesh, data, previous)
+    if preemption.requested():
+      raise Preempted(f'stopped by SIGTERM before stage {stage}; nothing new '
+                      'to save: rerun the same command to resume')
+    previous = run_stage(stage, plan, workdir, mesh, data, previous, preemption)
   if jax.process_index() == 0:
     _write_comparison(workdir, plan.stages[-1])
   return pathlib.Path(previous)
@@ -98,13 +119,18 @@ def _write_comparison(workdir, stage):
     comparison.compare([workdir], stage=stage, out=workdir)
 
 
-def run_stage(stage, plan, workdir, mesh, data, previous_model):
+def run_stage(stage, plan, workdir, mesh, data, previous_model, preemption):
   """Trains one stage (resuming if possible); returns its model directory."""
   stage_dir = workdir / stage
-  summary_file = stage_dir / 'summary.json'
-  if summary_file.exists():
-    logging.info('[%s] already complete (%s); skipping', stage, summary_file)
+  reached, finished = resume_check.stage_progress(stage_dir)
+  num_steps = plan.stage_config(stage).num_steps
+  if finished and reached == num_steps:
+    logging.info('[%s] already complete (%s); skipping', stage,
+                 stage_dir / 'summary.json')
     return stage_dir / 'model'
+  if finished:  # `resume_check.check_progress`: more steps than it trained
+    logging.info('[%s] finished at step %d; training on to step %d', stage,
+                 reached, num_steps)
   spec = stages.stage_spec(stage, plan, data, previous_model, stage_dir)
   state = state_lib.create(spec.setup, spec.g_variables, spec.d_variables,
                            plan.config.seed)
@@ -122,12 +148,16 @@ def run_stage(stage, plan, workdir, mesh, data, previous_model):
     state = checkpoints.restore_latest(
         checkpointing.abstract_like(state, parallel.replicated(mesh)))
     logging.info('[%s] resumed from step %d', stage, int(state.step))
-  run = _StageRun(spec, plan.config,
-                  plan.stage_config(stage), mesh, checkpoints,
-                  reporting.make_writer(stage_dir), stage_dir, evaluate)
+  c = plan.stage_config(stage)
+  run = _StageRun(
+      spec, plan.config, c, mesh, checkpoints, reporting.make_writer(stage_dir),
+      stage_dir, evaluate,
+      health.Guard(stage, c.divergence_bound,
+                   c.divergence_patience), preemption)
   start = time.perf_counter()
   try:
     state, metrics = _loop(run, state)
+    checkpoints.close()  # raises if the last write failed: no export then
   finally:
     checkpoints.close()
     run.writer.flush()
@@ -145,6 +175,8 @@ class _StageRun:
   writer: object
   stage_dir: pathlib.Path
   evaluate: object
+  guard: health.Guard
+  preemption: checkpointing.Preemption
 
   @property
   def stage(self) -> str:
@@ -162,42 +194,51 @@ def _loop(run, state):
   train_step = steps.make_train_step(setup, run.mesh)
   sample_grid = _grid_sampler(setup, run.config)
   progress = reporting.Progress(run.stage, c.num_steps, run.writer, c.log_every)
-  preemption = checkpointing.Preemption(run.checkpoints)
   metrics = {}
-  try:
-    for step in range(int(state.step), c.num_steps):
-      images, labels = sampler.process_batch(step)
-      state, metrics = train_step(state,
-                                  pipeline.to_device(images, labels, sharding))
-      done = step + 1
-      progress(done)
-      if done % c.log_every == 0 or done == c.num_steps:
-        scalars = _checked(metrics, done, run)
-        run.writer.write_scalars(done, scalars)
-        progress.log(done, scalars)
-      _periodic(run, state, metrics, done, sample_grid, preemption)
-  finally:
-    preemption.close()
+  for step in range(int(state.step), c.num_steps):
+    images, labels = sampler.process_batch(step)
+    state, metrics = train_step(state,
+                                pipeline.to_device(images, labels, sharding))
+    done = step + 1
+    progress(done)
+    if done % c.log_every == 0 or done == c.num_steps:
+      scalars = _checked(metrics, done, run)
+      run.writer.write_scalars(done, scalars)
+      progress.log(done, scalars)
+      run.checkpoints.raise_if_failed()  # a write that ended unfinished
+    _periodic(run, state, metrics, done, sample_grid)
   _finish(run, state, sample_grid)
   return state, _host_means(metrics)
 
 
-def _periodic(run, state, metrics, done, sample_grid, preemption):
+def _periodic(run, state, metrics, done, sample_grid):
   """Grids, evaluations and checkpoints due at step `done`."""
   c = run.stage_config
   if _due(c.sample_every, done):
     _write_samples(sample_grid, state, done, run)
   if _due(c.eval_every, done):
     _evaluate(run, state, done)
-  stop = preemption.reached(done)
+  stop = run.preemption.reached(done, run.checkpoints)
   if _due(c.checkpoint_every, done) or stop:
     _checked(metrics, done, run)
-    run.checkpoints.save(done, state)
+    _save_if_healthy(run, state, done)
   if stop:
     run.checkpoints.close()  # the save is on disk before the process exits
     raise Preempted(f'[{run.stage}] stopped by SIGTERM at step {done}; '
-                    f'state saved in {run.stage_dir}/checkpoints: rerun '
-                    'the same command to resume')
+                    f'state of step {run.checkpoints.latest_step_on_disk()} '
+                    f'saved in {run.stage_dir}/checkpoints: rerun the same '
+                    'command to resume')
+
+
+def _save_if_healthy(run, state, step):
+  """Checkpoints `state` unless a value is beyond the divergence bound: the
+  checkpoints kept must include one from before the trouble."""
+  if run.guard.healthy:
+    run.checkpoints.save(step, state)
+  else:
+    logging.warning(
+        '[%s] step %d not checkpointed: values beyond the divergence '
+        'bound since step %d', run.stage, step, run.guard.streak_start)
 
 
 def _due(every: int, step: int) -> bool:
@@ -208,7 +249,7 @@ def _finish(run, state, sample_grid):
   """Final checkpoint, grid and evaluation, unless the loop just did them."""
   c, last = run.stage_config, run.stage_config.num_steps
   if run.checkpoints.latest_step() != last:
-    run.checkpoints.save(last, state)
+    run.checkpoints.save(last, state)  # the guard passed the last step
   if not _due(c.sample_every, last):
     _write_samples(sample_grid, state, last, run)
   if run.evaluate is not None and not _due(c.eval_every, last):
@@ -243,17 +284,13 @@ def _host_means(metrics) -> dict:
 
 
 def _checked(metrics, step, run) -> dict:
-  """Metrics on the host; stops training on a NaN/inf loss."""
+  """Metrics on the host; stops a run that failed (`health.Guard`)."""
   scalars = _host_means(metrics)
-  bad = sorted(k for k, v in scalars.items() if not np.isfinite(v))
-  if bad:
-    last = run.checkpoints.latest_step()
-    kept = (f'the last good checkpoint (step {last}) is kept in '
-            f'{run.stage_dir}/checkpoints'
-            if last is not None else 'no checkpoint was written yet')
-    raise TrainingDiverged(
-        f'non-finite {", ".join(bad)} at step {step}; {kept}. Lower the '
-        'learning rates (g_lr/d_lr) or check the data, then rerun')
+  last = run.checkpoints.latest_step()
+  kept = (f'the last good checkpoint (step {last}) is kept in '
+          f'{run.stage_dir}/checkpoints'
+          if last is not None else 'no checkpoint was written yet')
+  run.guard.check(scalars, step, run.stage_config.num_steps, kept)
   return scalars
 
 
@@ -311,13 +348,19 @@ def _export(run, state, metrics, seconds):
   """Writes the stage's model directories and summary (marks it complete)."""
   spec, stage_dir = run.spec, run.stage_dir
   generator_arch = model_io.module_arch(spec.generator)
-  model_dir = model_io.save(stage_dir / 'model', generator_arch,
-                            state.g_variables(),
-                            model_io.module_arch(spec.discriminator),
-                            state.d_variables())
+  # A model there is this stage's own, from an export cut short or a
+  # stage now trained further.
+  model_dir = model_io.save(
+      stage_dir / 'model',
+      generator_arch,
+      state.g_variables(),
+      model_io.module_arch(spec.discriminator),
+      state.d_variables(),
+      overwrite=True)
   ema = {}
   if state.g_ema:
-    model_io.save(stage_dir / 'model_ema', generator_arch, state.g_ema)
+    model_io.save(
+        stage_dir / 'model_ema', generator_arch, state.g_ema, overwrite=True)
     if run.evaluate is not None:
       ema = {'final_eval_ema': run.evaluate(state.g_ema)}
   if jax.process_index() == 0:

@@ -160,7 +160,9 @@ def cached_or_aligned(cache_dir: Optional[pathlib.Path], generator, variables,
     return jax.tree_util.tree_map(np.asarray, saved['generator']), report
   aligned, report = align(generator, variables, **settings)
   if cache_dir is not None:
-    model_io.save(cache_dir, model_io.module_arch(generator), aligned)
+    # A cache dir without its summary is an interrupted save of this cache.
+    model_io.save(
+        cache_dir, model_io.module_arch(generator), aligned, overwrite=True)
     if jax.process_index() == 0:
       (cache_dir / SUMMARY).write_text(json.dumps(report, indent=1))
   return aligned, report
