@@ -386,3 +386,25 @@ def test_compare_runs_methods_on_one_source_and_writes_the_table(
         str(tmp_path / ('kp' if run == 'kp_finetune' else 'source')))
   assert (tmp_path / 'comparison.png').exists()
   assert (tmp_path / 'samples.png').exists()
+
+
+def test_the_comparison_table_flags_a_collapsed_method():
+  row = {
+      'method': 'm',
+      'summary': 's',
+      'source': 'conditional',
+      'loss': 'hinge',
+      'trainable_g': 1,
+      'trainable_d': 1,
+      'best': 1.0,
+      'best_step': 1,
+      'final': 1.0,
+      'class_accuracy_at_best': 1.0,
+      'intra_fd_at_best': 9.0,
+      'coverage_at_best': 0.04,
+      'wall_seconds': 1
+  }
+  text = compare.table([{**row, 'recall_at_best': 0.02}], 'domain_fd')
+  assert '| 0.02 **collapsed** | 0.04 |' in text
+  text = compare.table([{**row, 'recall_at_best': 0.6}], 'domain_fd')
+  assert 'collapsed' not in text

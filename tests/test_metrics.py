@@ -358,3 +358,118 @@ def test_evaluate_samples_names_metrics_by_extractor():
   shifted = np.clip(images.astype(int) + 40, 0, 255).astype(np.uint8)
   far = evaluation.evaluate_samples(shifted, labels, reference, extractor)
   assert far['domain_fd'] > 0.1 and far['domain_kmmd'] > 0.1
+
+
+# ----------------------------------------------------------------------------
+# Per-class metrics: intra-class FD, precision / recall / density / coverage
+# ----------------------------------------------------------------------------
+
+
+def _brute_force_prdc(real, fake, k):
+  """The definitions of Naeem et al. 2020, one pair at a time."""
+
+  def radius(points, i):
+    distances = sorted(
+        np.linalg.norm(points[i] - points[j]) for j in range(len(points)))
+    return distances[k]  # distances[0] is the point itself
+
+  real_radii = [radius(real, i) for i in range(len(real))]
+  fake_radii = [radius(fake, j) for j in range(len(fake))]
+  inside = np.array(
+      [[np.linalg.norm(f - r) <= real_radii[i]
+        for i, r in enumerate(real)]
+       for f in fake])  # [fakes, reals]
+  recalled = [
+      any(np.linalg.norm(r - f) <= fake_radii[j]
+          for j, f in enumerate(fake))
+      for r in real
+  ]
+  return {
+      'precision': inside.any(1).mean(),
+      'recall': np.mean(recalled),
+      'density': inside.sum() / (k * len(fake)),
+      'coverage': inside.any(0).mean(),
+  }
+
+
+def test_prdc_matches_the_definitions_and_blocks_change_nothing():
+  rng = np.random.default_rng(0)
+  real, fake = rng.normal(size=(40, 3)), rng.normal(0.5, 1.2, (30, 3))
+  expected = _brute_force_prdc(real, fake, k=3)
+  for block_size in (7, 2048):
+    got = metrics.prdc(real, fake, k=3, block_size=block_size)
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_prdc_of_two_draws_of_one_distribution_is_near_ideal():
+  rng = np.random.default_rng(1)
+  real, fake = rng.normal(size=(600, 16)), rng.normal(size=(600, 16))
+  got = metrics.prdc(real, fake, k=5)
+  # Density is 1 in expectation; coverage 1 - 2^-k for equal set sizes.
+  assert got['density'] == pytest.approx(1.0, abs=0.15)
+  assert got['coverage'] == pytest.approx(1 - 2**-5, abs=0.03)
+  assert got['precision'] > 0.8 and got['recall'] > 0.8
+
+
+def _classes(rng, means, n):
+  """`n` points around each of `means` `[classes, dim]` (unit spread)."""
+  labels = np.repeat(np.arange(len(means)), n)
+  return means[labels] + rng.normal(size=(len(labels), means.shape[1])), labels
+
+
+def test_a_generator_of_one_image_per_class_is_caught_per_class():
+  """With many classes the spread between them dominates the pooled
+  statistics, so pooled FD ranks a generator of one image per class above
+  a diverse one whose spread is a little off; recall and coverage per
+  class expose the collapse."""
+  rng = np.random.default_rng(2)
+  means = rng.normal(0, 3, (20, 8))
+  real, labels = _classes(rng, means, 50)
+  collapsed = real[labels * 50]  # each class's first image, for every z
+  diverse, _ = _classes(rng, means, 50)
+  diverse = diverse.mean(0) + 1.3 * (diverse - diverse.mean(0))
+
+  def pooled_fd(fake):
+    return metrics.frechet_distance(*metrics.feature_statistics(fake),
+                                    *metrics.feature_statistics(real))
+
+  assert pooled_fd(collapsed) < pooled_fd(diverse)
+  caught = metrics.per_class(metrics.prdc, real, labels, collapsed, labels)
+  fine = metrics.per_class(metrics.prdc, real, labels, diverse, labels)
+  # Only the copied real image itself is recalled: 1 of 50.
+  assert max(c['recall'] for c in caught.values()) <= 1 / 50
+  assert np.mean([c['coverage'] for c in caught.values()]) < 0.15
+  assert np.mean([c['recall'] for c in fine.values()]) > 0.5
+  assert np.mean([c['coverage'] for c in fine.values()]) > 0.5
+  intra = metrics.per_class(metrics.intra_class_fd, real, labels, collapsed,
+                            labels)
+  fine_intra = metrics.per_class(metrics.intra_class_fd, real, labels, diverse,
+                                 labels)
+  assert np.mean(list(intra.values())) > np.mean(list(fine_intra.values()))
+
+
+def test_per_class_needs_real_images_of_every_sampled_class():
+  with pytest.raises(ValueError, match=r'classes \[2\] have no real images'):
+    metrics.per_class(metrics.intra_class_fd, np.zeros((4, 2)), [0, 0, 1, 1],
+                      np.zeros((2, 2)), [2, 2])
+
+
+def test_evaluate_samples_adds_per_class_metrics_by_extractor():
+  images, labels = random_images(48), np.arange(48) % 2
+  for kind, prefix, fd in (('inception', '', 'intra_fid'), ('domain', 'domain_',
+                                                            'domain_intra_fd')):
+    extractor = linear_extractor(kind)
+    reference = stats_cache.reference_statistics(images, labels, extractor)
+    results = evaluation.evaluate_samples(
+        images,
+        labels,
+        reference,
+        extractor,
+        is_splits=4,
+        sample_classes=labels,
+        batch_size=8)
+    assert results[fd] == pytest.approx(0, abs=1e-6)  # the real images
+    assert len(results[f'per_class_{fd}']) == 2
+    for name in ('precision', 'recall', 'coverage'):
+      assert results[prefix + name] == 1.0  # every image is its own match
+    assert results[prefix + 'density'] >= 1.0

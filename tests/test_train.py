@@ -96,6 +96,11 @@ def test_demo_pipeline_runs_and_exports_every_stage(tmp_path, eval_cache):
   assert {'domain_fd', 'class_accuracy', 'per_class_accuracy'} <= set(
       history[0]) and 'fid' not in history[0]
   assert len(history[0]['per_class_accuracy']) == 2
+  # Per class on the same features: intra-class FD for both new classes;
+  # their 4 real images are too few for k = 5 neighbours, so PRDC is NaN.
+  assert len(history[0]['per_class_domain_intra_fd']) == 2
+  assert np.isfinite(history[0]['domain_intra_fd'])
+  assert np.isnan(history[0]['domain_coverage'])
   assert list((tmp_path / 'transfer' / 'checkpoints' / 'best').iterdir())
   summary = json.loads((tmp_path / 'transfer' / 'summary.json').read_text())
   assert summary['final_eval']['step'] == 2

@@ -5,7 +5,7 @@
 | `inception.py` | Inception-v3 in Flax, `fid` and `torchvision` variants, PyTorch-exact resize |
 | `inception_convert.py` | `.pth` (numpy) -> Flax variables, checksums, converted directories |
 | `features.py` | `Extractor`; images -> features over all devices |
-| `metrics.py` | Frechet distance, KMMD, Inception score, class accuracy (numpy) |
+| `metrics.py` | FD, KMMD, IS, class accuracy, intra-class FD, PRDC (numpy) |
 | `stats_cache.py` | reference statistics cached by dataset content + extractor |
 | `domain_classifier.py` | small CNN trained on the real data when no Inception weights exist |
 
@@ -13,6 +13,8 @@
 feature network, so a domain-classifier distance is never called FID.
 See docs/EVALUATION.md.
 """
+
+import math
 
 import numpy as np
 
@@ -26,6 +28,7 @@ def evaluate_samples(fake_images,
                      reference: stats_cache.ReferenceStats,
                      extractor: features.Extractor,
                      is_splits: int = 10,
+                     sample_classes=None,
                      **extract_kwargs) -> dict:
   """Metrics of generated images against reference statistics.
 
@@ -38,11 +41,17 @@ def evaluate_samples(fake_images,
     reference: statistics of the real data from the same extractor.
     extractor: an Inception (`kind='inception'`) or domain classifier.
     is_splits: Inception-score splits.
+    sample_classes: int `[n]`, the classes of the samples in the labels of
+      the reference (`reference.labels`): adds the per-class metrics.
     **extract_kwargs: `batch_size`, `mesh`, `progress` of `features.extract`.
   Returns:
     Inception: `{'fid', 'is', 'is_std'}` (+ `'kmmd'` when the reference kept
     its features). Domain classifier: `{'domain_fd', 'class_accuracy',
-    'class_accuracy_per_class'}` (+ `'domain_kmmd'`).
+    'class_accuracy_per_class'}` (+ `'domain_kmmd'`). With `sample_classes`
+    (and reference features): `intra_fid` / `domain_intra_fd` (mean over
+    classes) and `precision`, `recall`, `density`, `coverage` (means over
+    classes; `domain_` before each with the classifier), and per-class lists
+    `per_class_<name>` in class order.
   """
   out = features.extract(extractor.apply_fn, extractor.variables, fake_images,
                          **extract_kwargs)
@@ -66,4 +75,41 @@ def evaluate_samples(fake_images,
         logits.argmax(axis=1), np.asarray(fake_labels), logits.shape[1])
     results['class_accuracy'] = accuracy
     results['class_accuracy_per_class'] = per_class
+  if sample_classes is not None and reference.labels is not None:
+    results.update(
+        _per_class_metrics(reference, fake, sample_classes, prefix,
+                           'intra_fid' if not prefix else 'domain_intra_fd'))
+  return results
+
+
+PRDC = ('precision', 'recall', 'density', 'coverage')
+
+
+def _prdc_or_nan(real, fake) -> dict:
+  """`metrics.prdc`, or NaNs when a class has too few real images or
+  samples for its k = 5 neighbours (few-shot classes of fewer than 6)."""
+  k = 5
+  if min(len(real), len(fake)) <= k:
+    return dict.fromkeys(PRDC, math.nan)
+  return metrics.prdc(real, fake, k=k)
+
+
+def _per_class_metrics(reference, fake, sample_classes, prefix: str,
+                       fd_name: str) -> dict:
+  """Intra-class FD and precision/recall/density/coverage, class by class:
+  their means and per-class lists."""
+  args = (reference.features, reference.labels, fake, sample_classes)
+  fds = metrics.per_class(metrics.intra_class_fd, *args)
+  prdcs = metrics.per_class(_prdc_or_nan, *args)
+  classes = sorted(fds)
+  results = {
+      fd_name: float(np.mean([fds[c] for c in classes])),
+      f'per_class_{fd_name}': [fds[c] for c in classes],
+  }
+  for name in PRDC:
+    values = [prdcs[c][name] for c in classes]
+    # NaN for a class of too few images; the mean of the others then.
+    results[prefix + name] = (
+        float(np.nanmean(values)) if np.isfinite(values).any() else math.nan)
+    results[f'per_class_{prefix}{name}'] = values
   return results

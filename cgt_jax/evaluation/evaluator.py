@@ -10,6 +10,11 @@ BN) are compared with the real images of those classes:
   and `class_accuracy` (the fraction of samples generated for class y that
   the classifier assigns to y, among ALL classes). Never reported as FID.
 
+Per class, on the same features: the intra-class FD (`intra_fid` /
+`domain_intra_fd`) and precision, recall, density and coverage, as means
+over the classes and per-class lists (`evaluation.evaluate_samples`):
+what catches a generator that draws the same image for every z.
+
 Reference statistics and the classifier are cached by dataset content.
 """
 
@@ -80,11 +85,14 @@ class StageEvaluator:
         self.scored_labels,
         self.reference,
         self.extractor,
+        sample_classes=self.labels,
         batch_size=self.batch_size,
         mesh=self.mesh,
         progress=False)
     per_class = results.pop('class_accuracy_per_class', None)
-    metrics = {k: float(v) for k, v in results.items()}
+    metrics = {
+        k: v if isinstance(v, list) else float(v) for k, v in results.items()
+    }
     if per_class is not None and self.scored_labels is not None:
       classes = np.unique(self.scored_labels)
       metrics['per_class_accuracy'] = [float(per_class[c]) for c in classes]

@@ -1,4 +1,5 @@
-"""Sample-quality metrics on extracted features: FD, KMMD, IS, class accuracy.
+"""Sample-quality metrics on extracted features: FD, KMMD, IS, class accuracy,
+intra-class FD and precision / recall / density / coverage.
 
 Pure numpy/scipy in float64, on host. The formulas are those of the
 cGANTransfer evaluation (BigGAN-PyTorch `inception_utils.py`), so numbers
@@ -8,6 +9,13 @@ from the same features agree with the reference:
 * KMMD (GAN-Metrics, as copied into cGANTransfer): Gaussian-kernel MMD with
   the bandwidth tied to the real features' spread (see `kmmd`).
 * Inception score: exp(E_x KL(p(y|x) || p(y))) per split, mean and std.
+* Intra-class FD: the Frechet distance of each class's samples to that
+  class's real images, and its mean over classes (Miyato & Koyama 2018's
+  intra-FID on any features).
+* Precision and recall (Kynkaanniemi et al. 2019), density and coverage
+  (Naeem et al. 2020) with k-nearest-neighbour balls, per class. Pooled FD
+  cannot see a generator that draws one image per class; recall and
+  coverage fall to about 0 for it (docs/EVALUATION.md).
 """
 
 import math
@@ -179,3 +187,92 @@ def class_accuracy(predicted, labels,
   with np.errstate(invalid='ignore', divide='ignore'):
     per_class = hits / counts
   return float(correct.mean()), per_class
+
+
+def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """`[n, m]` squared Euclidean distances (float64, clipped at 0)."""
+  dist = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
+  return np.maximum(dist, 0)
+
+
+def _kth_neighbour_radii(x: np.ndarray, k: int, block_size: int) -> np.ndarray:
+  """Squared distance of each row of `x` to its k-th nearest other row."""
+  radii = np.empty(len(x))
+  for i in range(0, len(x), block_size):
+    dist = _squared_distances(x[i:i + block_size], x)
+    # Column 0 of the sorted row is the point itself (distance 0).
+    radii[i:i + block_size] = np.partition(dist, k, axis=1)[:, k]
+  return radii
+
+
+def prdc(real_features,
+         fake_features,
+         k: int = 5,
+         block_size: int = 2048) -> dict:
+  """Precision, recall, density and coverage of fake vs real features.
+
+  With B(x, r) the ball around x reaching its k-th nearest neighbour in its
+  own set: precision = the fraction of fakes inside some real ball; recall =
+  the fraction of reals inside some fake ball; density = the mean number of
+  real balls holding a fake, / k (about 1 for matching distributions, above
+  1 where fakes crowd dense regions); coverage = the fraction of real balls
+  holding at least one fake. Written here rather than taken from the `prdc`
+  package, which holds all n x m distances at once: these run in blocks.
+  """
+  x = np.asarray(real_features, np.float64)
+  y = np.asarray(fake_features, np.float64)
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    raise ValueError(f'prdc needs [n, d] and [m, d] features, got {x.shape} '
+                     f'and {y.shape}')
+  if len(x) <= k or len(y) <= k:
+    raise ValueError(f'prdc with k={k} needs more than {k} real and fake '
+                     f'features, got {len(x)} and {len(y)}')
+  real_radii = _kth_neighbour_radii(x, k, block_size)
+  fake_radii = _kth_neighbour_radii(y, k, block_size)
+  in_real_balls = np.zeros(len(y))  # per fake: real balls holding it
+  covered = np.zeros(len(x), bool)
+  recalled = np.zeros(len(x), bool)
+  for i in range(0, len(x), block_size):
+    dist = _squared_distances(x[i:i + block_size], y)  # [reals, fakes]
+    inside = dist <= real_radii[i:i + block_size, None]
+    in_real_balls += inside.sum(0)
+    covered[i:i + block_size] = inside.any(1)
+    recalled[i:i + block_size] = (dist <= fake_radii[None, :]).any(1)
+  return {
+      'precision': float((in_real_balls > 0).mean()),
+      'recall': float(recalled.mean()),
+      'density': float(in_real_balls.mean() / k),
+      'coverage': float(covered.mean()),
+  }
+
+
+def per_class(metric, real_features, real_labels, fake_features,
+              fake_labels) -> dict:
+  """`{class: metric(real of class, fake of class)}` for every class that
+  has samples (real and fake labels in one label space)."""
+  real_labels, fake_labels = np.asarray(real_labels), np.asarray(fake_labels)
+  real, fake = np.asarray(real_features), np.asarray(fake_features)
+  missing = sorted(
+      int(c) for c in set(np.unique(fake_labels)) - set(np.unique(real_labels)))
+  if missing:
+    raise ValueError(f'samples of classes {missing} have no real images to '
+                     'compare with')
+  return {
+      int(c): metric(real[real_labels == c], fake[fake_labels == c])
+      for c in np.unique(fake_labels)
+  }
+
+
+def intra_class_fd(real_features, fake_features) -> float:
+  """The Frechet distance of one class's samples to its real images.
+
+  With fewer samples than feature dimensions the covariances are singular
+  and the value mostly measures the sample size (compare runs with equal
+  samples per class); `feature_statistics` would warn for every class, so
+  the warning is left to the pooled FD.
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', UserWarning)
+    mu1, sigma1 = feature_statistics(real_features)
+    mu2, sigma2 = feature_statistics(fake_features)
+  return frechet_distance(mu2, sigma2, mu1, sigma1)

@@ -8,7 +8,8 @@ and of the feature extractor's identity (network + weights sha256), and the
 file records both again so that a copied or renamed file is still caught:
 
     CACHE_DIR/reference_<key>.npz   mu [d], sigma [d, d] (float64),
-                                    features [n, d] (float32, optional: KMMD),
+                                    features [n, d] (float32, optional: KMMD,
+                                    per-class metrics) with their labels [n],
                                     dataset_sha256, extractor_identity
 """
 
@@ -25,7 +26,7 @@ from cgt_jax.evaluation import features as features_lib
 from cgt_jax.evaluation import metrics
 
 # Bump when preprocessing or the file layout changes: old files stop matching.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: labels beside the features
 
 
 class StatsMismatchError(ValueError):
@@ -40,6 +41,7 @@ class ReferenceStats:
     mu: `[d]` float64 mean. sigma: `[d, d]` float64 covariance.
     features: `[n, d]` float32 raw features (for KMMD) or None.
     num_samples: n. dataset_sha256 / extractor_identity: what they describe.
+    labels: `[n]` int labels of `features` (per-class metrics), or None.
   """
   mu: np.ndarray
   sigma: np.ndarray
@@ -47,6 +49,7 @@ class ReferenceStats:
   num_samples: int
   dataset_sha256: str
   extractor_identity: str
+  labels: Optional[np.ndarray] = None
 
   @property
   def dim(self) -> int:
@@ -88,6 +91,7 @@ def save(path, stats: ReferenceStats) -> None:
       extractor_identity=stats.extractor_identity)
   if stats.features is not None:
     arrays['features'] = stats.features
+    arrays['labels'] = stats.labels
   handle, tmp = tempfile.mkstemp(dir=path.parent, suffix='.partial')
   with os.fdopen(handle, 'wb') as file:
     np.savez(file, **arrays)
@@ -100,6 +104,7 @@ def load(path) -> ReferenceStats:
         mu=data['mu'],
         sigma=data['sigma'],
         features=data['features'] if 'features' in data else None,
+        labels=data['labels'] if 'labels' in data else None,
         num_samples=int(data['num_samples']),
         dataset_sha256=str(data['dataset_sha256']),
         extractor_identity=str(data['extractor_identity']))
@@ -116,6 +121,7 @@ def compute(images: np.ndarray, labels: np.ndarray,
       mu=mu,
       sigma=sigma,
       features=out['features'].astype(np.float32) if keep_features else None,
+      labels=np.asarray(labels, np.int32) if keep_features else None,
       num_samples=len(images),
       dataset_sha256=dataset_sha256(images, labels),
       extractor_identity=extractor.identity)
@@ -134,8 +140,9 @@ def reference_statistics(images: np.ndarray,
     labels: int `[n]`.
     extractor: the feature network.
     cache_dir: where cache files live; None: no caching.
-    keep_features: also keep the raw features (KMMD needs them); a cached
-      file without them is recomputed.
+    keep_features: also keep the raw features and their labels (KMMD and
+      the per-class metrics need them); a cached file without them is
+      recomputed.
     **extract_kwargs: `batch_size`, `mesh`, `progress` of `features.extract`.
   """
   digest = dataset_sha256(images, labels)

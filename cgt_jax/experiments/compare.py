@@ -151,29 +151,57 @@ def method_curve(run: MethodRun, metric: str):
   return curve, entries[curve.best_index(metric)], trainable
 
 
+# Mean per-class recall below this at the best evaluation: the samples of a
+# class are (nearly) one image; the table says so (docs/EVALUATION.md).
+COLLAPSE_RECALL = 0.1
+
+
+def _fraction(value) -> str:
+  return '-' if value is None or value != value else f'{value:.2f}'
+
+
+def _recall_cell(recall) -> str:
+  cell = _fraction(recall)
+  if recall is not None and recall < COLLAPSE_RECALL:
+    cell += ' **collapsed**'
+  return cell
+
+
 def table(rows, metric: str) -> str:
   """Markdown: one row per method (errors included)."""
   direction = 'higher' if metric in comparison.HIGHER_IS_BETTER else 'lower'
   lines = [
       f'| method | what learns the new classes | source | loss | trainable '
       f'G / D params | best {metric} ({direction} is better) | iteration of '
-      f'best | final {metric} | class accuracy at best | wall time (s) |',
-      '|---|---|---|---|---|---|---|---|---|---|',
+      f'best | final {metric} | class accuracy at best | intra-class FD at '
+      'best | recall at best | coverage at best | wall time (s) |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for row in rows:
     lead = (f'| {row["method"]} | {row["summary"]} | {row["source"]} | '
             f'{row["loss"]} |')
     if 'error' in row:
-      lines.append(f'{lead} - | {row["error"]} | - | - | - | - |')
+      lines.append(f'{lead} - | {row["error"]} |' + ' - |' * 7)
       continue
-    accuracy = row.get('class_accuracy_at_best')
-    lines.append(
-        f'{lead} '
-        f'{row["trainable_g"]:,} / {row["trainable_d"]:,} | '
-        f'{row["best"]:.4g} | {row["best_step"]} | {row["final"]:.4g} | '
-        f'{"-" if accuracy is None else f"{accuracy:.2f}"} | '
-        f'{row["wall_seconds"]:.0f} |')
+    intra = row.get('intra_fd_at_best')
+    lines.append(f'{lead} '
+                 f'{row["trainable_g"]:,} / {row["trainable_d"]:,} | '
+                 f'{row["best"]:.4g} | {row["best_step"]} | '
+                 f'{row["final"]:.4g} | '
+                 f'{_fraction(row.get("class_accuracy_at_best"))} | '
+                 f'{"-" if intra is None else f"{intra:.4g}"} | '
+                 f'{_recall_cell(row.get("recall_at_best"))} | '
+                 f'{_fraction(row.get("coverage_at_best"))} | '
+                 f'{row["wall_seconds"]:.0f} |')
   return '\n'.join(lines)
+
+
+def _at_best(best: dict, name: str):
+  """`best[name]`, under the classifier's (`domain_`) or Inception's name."""
+  for key in ('domain_' + name, name):
+    if key in best:
+      return best[key]
+  return None
 
 
 def summarise(runs, metric):
@@ -196,6 +224,9 @@ def summarise(runs, metric):
         'best_step': curve.steps[curve.best_index(metric)],
         'final': curve.values[-1],
         'class_accuracy_at_best': best.get('class_accuracy'),
+        'intra_fd_at_best': _at_best(best, 'intra_fd') or best.get('intra_fid'),
+        'recall_at_best': _at_best(best, 'recall'),
+        'coverage_at_best': _at_best(best, 'coverage'),
         'trainable_g': trainable.get('generator', 0),
         'trainable_d': trainable.get('discriminator', 0),
         'wall_seconds': curve.wall_seconds
