@@ -155,6 +155,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.pretrain = stage_config(10000)
   config.transfer = kp_stage_config(5000)
   config.finetune = kp_stage_config(2000)
+  # Start from the transferred model of the best evaluation ('best':
+  # WORKDIR/transfer/model_best; the final one when it was not evaluated)
+  # or the final one ('final').
+  config.finetune.start_from = 'best'
 
   config.eval = e = ml_collections.ConfigDict()
   e.final = True  # evaluate each stage's final generator

@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from PIL import Image
 
 from cgt_jax.data import pipeline
+from cgt_jax.evaluation import comparison
 from cgt_jax.evaluation import evaluator
 from cgt_jax.experiments import compare
 from cgt_jax.models import biggan
@@ -386,6 +388,48 @@ def test_compare_runs_methods_on_one_source_and_writes_the_table(
         str(tmp_path / ('kp' if run == 'kp_finetune' else 'source')))
   assert (tmp_path / 'comparison.png').exists()
   assert (tmp_path / 'samples.png').exists()
+  # One grid per method, stacked, each sample at least 64 px wide.
+  samples = Image.open(tmp_path / 'samples.png')
+  assert samples.width >= compare.MIN_SAMPLE_PIXELS * config.sample.columns
+  assert samples.height > samples.width / 2
+  # kp_finetune started from kp's best model and reports its own numbers:
+  # its iterations count from kp's best step.
+  finetune = json.loads(
+      (tmp_path / 'kp_finetune' / 'finetune' / 'summary.json').read_text())
+  assert finetune['started_from'] == str(tmp_path / 'kp' / 'transfer' /
+                                         'model_best')
+  kp_best = json.loads((tmp_path / 'kp' / 'transfer' /
+                        'summary.json').read_text())['best_model_step']
+  assert by_name['kp_finetune']['best_step'] > kp_best
+  # Time to quality, against bsa's best value.
+  assert report['time_to_quality']['baseline'] == 'bsa'
+  assert by_name['bsa']['times_sooner_than_baseline'] == 1.0
+  assert "iterations to bsa's best" in text
+
+
+def test_time_to_quality_is_the_first_iteration_reaching_the_baseline_best():
+  curve = comparison.RunCurve
+  runs = [
+      curve('bsa', [100, 200, 300, 400], [9.0, 6.0, 5.0, 5.5], 1.0),
+      curve('kp', [100, 200, 300, 400], [7.0, 4.9, 4.0, 4.5], 1.0),
+      curve('scratch', [100, 200], [20.0, 15.0], 1.0),
+  ]
+  rows = [{'method': r.name} for r in runs]
+  quality = compare.add_time_to_quality(rows, runs, 'domain_fd', 'bsa')
+  assert quality == {'baseline': 'bsa', 'target': 5.0}
+  assert [r['steps_to_baseline_best'] for r in rows] == [300, 200, None]
+  assert rows[1]['times_sooner_than_baseline'] == 1.5
+  assert rows[2]['times_sooner_than_baseline'] is None
+  # Higher-is-better metrics reach the target from below.
+  accuracy = [
+      curve('bsa', [1, 2], [0.5, 0.7], 1.0),
+      curve('kp', [1], [0.8], 1.0)
+  ]
+  rows = [{'method': 'bsa'}, {'method': 'kp'}]
+  compare.add_time_to_quality(rows, accuracy, 'class_accuracy', 'bsa')
+  assert rows[1]['times_sooner_than_baseline'] == 2.0
+  assert compare.add_time_to_quality(rows, accuracy[1:], 'class_accuracy',
+                                     'bsa') is None
 
 
 def test_the_comparison_table_flags_a_collapsed_method():

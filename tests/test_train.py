@@ -102,6 +102,11 @@ def test_demo_pipeline_runs_and_exports_every_stage(tmp_path, eval_cache):
   assert np.isfinite(history[0]['domain_intra_fd'])
   assert np.isnan(history[0]['domain_coverage'])
   assert list((tmp_path / 'transfer' / 'checkpoints' / 'best').iterdir())
+  # The best evaluation's model and grid; fine-tuning started from it.
+  assert (tmp_path / 'transfer' / 'samples' / 'best.png').exists()
+  _, _, best_model = model_io.load(tmp_path / 'transfer' / 'model_best')
+  finetune = json.loads((tmp_path / 'finetune' / 'summary.json').read_text())
+  assert finetune['started_from'] == str(tmp_path / 'transfer' / 'model_best')
   summary = json.loads((tmp_path / 'transfer' / 'summary.json').read_text())
   assert summary['final_eval']['step'] == 2
   best = min(history, key=lambda h: h['domain_fd'])

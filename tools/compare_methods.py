@@ -54,6 +54,12 @@ def _flags(argv: list) -> flags.FlagValues:
       "minegan, hypermod), 'table2' (the "
       "Table 2 ablations), 'all'. Known: " + ', '.join(methods.NAMES),
       flag_values=values)
+  flags.DEFINE_string(
+      'quality_baseline',
+      'bsa',
+      'The method whose best value is the quality of the time-to-quality '
+      'column (first iteration reaching it, x sooner than the baseline)',
+      flag_values=values)
   return values
 
 
@@ -61,7 +67,8 @@ def _run(args) -> int:
   # Names first: a typo fails before any training starts.
   names = methods.names_of(args.methods)
   try:
-    text = compare.compare_methods(args.config, args.workdir, names)
+    text = compare.compare_methods(args.config, args.workdir, names,
+                                   args.quality_baseline)
   except loop.Preempted as stop:
     print(stop, file=sys.stderr)
     return loop.PREEMPTED_STATUS  # the same command resumes

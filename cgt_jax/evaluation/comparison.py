@@ -10,6 +10,7 @@ marked (its Fig. 5). `tools/compare.py` is the command line; every
 import dataclasses
 import json
 import pathlib
+from typing import Optional
 
 # The object API (no pyplot): no global backend or figure state, and it
 # draws headless.
@@ -30,6 +31,9 @@ class RunCurve:
   steps: list
   values: list
   wall_seconds: float  # None when the stage has no summary.json
+  # (step, value) the run continued from (another run's point, e.g. kp's
+  # best for kp_finetune): drawn as the start of its line, not scored.
+  lead_in: Optional[tuple] = None
 
   def best_index(self, metric: str) -> int:
     pick = max if metric in HIGHER_IS_BETTER else min
@@ -103,9 +107,10 @@ def plot(curves: list, metric: str, path: pathlib.Path, title: str):
   axes = figure.subplots()
   markers = 'o^sDvP<>X'
   for i, curve in enumerate(curves):
+    lead = [curve.lead_in] if curve.lead_in else []
     line, = axes.plot(
-        curve.steps,
-        curve.values,
+        [step for step, _ in lead] + curve.steps,
+        [value for _, value in lead] + curve.values,
         marker=markers[i % len(markers)],
         markersize=4,
         linestyle='-' if i % 2 == 0 else '--',  # overlapping curves

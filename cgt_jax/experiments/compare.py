@@ -17,9 +17,14 @@ Table 1 (and, with --methods=table2, its Table 2 ablation) on your data.
    `config.method_overrides.<method>` differ. A variant that continues
    another method's run (`kp_finetune`: fine-tuning after `kp`) starts from
    that method's transferred model (and runs it first if needed).
-3. DIR/comparison.md (the table, also printed), DIR/comparison.json,
+3. DIR/comparison.md (the table, also printed: best value and its
+   iteration, the first iteration at which each method reaches the best
+   value of a baseline, `bsa` by default, and how many times sooner than
+   it, the paper's Fig. 5 measure; class accuracy, intra-class FD, recall
+   and coverage at the best evaluation, a collapse flag), DIR/comparison.json,
    DIR/comparison.png (metric against iteration, best marked) and
-   DIR/samples.png (each method's final sample grid, a row per new class).
+   DIR/samples.png (each method's grid at its best evaluation, a row per
+   new class, stacked, samples enlarged).
 
 A method that diverges becomes a row saying so; the others still run. A
 rerun skips finished runs and resumes an interrupted one.
@@ -49,6 +54,7 @@ class MethodRun:
   error: str = ''
   loss: str = ''  # the adversarial loss it trained with
   source: str = ''  # 'conditional' or 'unconditional'
+  own_from: int = 0  # stage_dirs[own_from:] are its own (after a base's)
 
 
 SOURCE_FOLDERS = {True: 'source', False: 'source_unconditional'}
@@ -110,8 +116,11 @@ def run_method(name, config, workdir, sources, done) -> MethodRun:
     if done[base].error:
       return MethodRun(name, workdir / name, [], f'{base}: {done[base].error}',
                        done[base].loss, _form(conditional))
-    run.source_checkpoint = str(done[base].stage_dirs[0] / 'model')
+    run.source_checkpoint = str(
+        loop.finetune_start(done[base].stage_dirs[0] / 'model',
+                            config.finetune.start_from))
     stage, stage_dirs = 'finetune', list(done[base].stage_dirs)
+  own_from = len(stage_dirs)
   run.stages = (stage,)
   plan = stages.resolve(run)  # MineGAN adds its second stage
   stage_dirs += [workdir / name / s for s in plan.stages]
@@ -126,28 +135,56 @@ def run_method(name, config, workdir, sources, done) -> MethodRun:
       workdir / name,
       stage_dirs,
       loss=plan.loss,
-      source=_form(conditional))
+      source=_form(conditional),
+      own_from=own_from)
+
+
+def _stage_points(stage_dir, metric: str, offset: int) -> tuple:
+  """`(steps + offset, values, evaluations)` of one stage's history."""
+  history = comparison.read_history(stage_dir.parent, stage_dir.name)
+  entries = [h for h in history if metric in h]
+  return ([offset + h['step'] for h in entries],
+          [float(h[metric]) for h in entries], entries)
+
+
+def _continued_at(stage_dir, base_summary) -> int:
+  """The iteration of the base run that a continuing stage started from:
+  its best evaluation (model_best) or its end."""
+  summary = json.loads((stage_dir / 'summary.json').read_text())
+  if str(summary.get('started_from', '')).endswith('model_best'):
+    return base_summary['best_model_step']
+  return base_summary['steps']
 
 
 def method_curve(run: MethodRun, metric: str):
-  """`(RunCurve, best-evaluation dict, trainable counts)` of a run; stages
-  are chained with their iterations added up (kp_finetune)."""
+  """`(RunCurve, best-evaluation dict, trainable counts)` of a run's own
+  stages. A run that continues another (kp_finetune after kp) counts its
+  iterations from the point it started at (kp's best or final step), and
+  that point leads its line in the plot; its best and final are its own."""
   steps, values, entries, wall, offset = [], [], [], 0.0, 0
-  trainable = {}
-  for stage_dir in run.stage_dirs:
-    history = comparison.read_history(stage_dir.parent, stage_dir.name)
+  trainable, lead_in = {}, None
+  for index, stage_dir in enumerate(run.stage_dirs):
     summary = json.loads((stage_dir / 'summary.json').read_text())
-    for entry in history:
-      if metric in entry:
-        steps.append(offset + entry['step'])
-        values.append(float(entry[metric]))
-        entries.append(entry)
-    offset += summary['steps']
     wall += summary.get('wall_seconds') or 0.0
+    if index < run.own_from:  # the base run's stage
+      next_dir = run.stage_dirs[index + 1]
+      start = _continued_at(next_dir, summary)
+      base_steps, base_values, _ = _stage_points(stage_dir, metric, offset)
+      if start in [s - offset for s in base_steps]:
+        at = [s - offset for s in base_steps].index(start)
+        lead_in = (base_steps[at], base_values[at])
+      offset += start
+      continue
+    stage_steps, stage_values, stage_entries = _stage_points(
+        stage_dir, metric, offset)
+    steps += stage_steps
+    values += stage_values
+    entries += stage_entries
+    offset += summary['steps']
     trainable = summary.get('trainable_parameters', trainable)
   if not values:
     raise comparison.CompareError(f'{run.workdir}: no {metric!r} evaluations')
-  curve = comparison.RunCurve(run.name, steps, values, wall)
+  curve = comparison.RunCurve(run.name, steps, values, wall, lead_in)
   return curve, entries[curve.best_index(metric)], trainable
 
 
@@ -167,27 +204,42 @@ def _recall_cell(recall) -> str:
   return cell
 
 
-def table(rows, metric: str) -> str:
-  """Markdown: one row per method (errors included)."""
+def _sooner_cell(row) -> str:
+  steps = row.get('steps_to_baseline_best')
+  if steps is None:
+    return 'never'
+  return f'{steps} ({row["times_sooner_than_baseline"]:.2g}x)'
+
+
+def table(rows, metric: str, quality=None) -> str:
+  """Markdown: one row per method (errors included); `quality` (from
+  `add_time_to_quality`) adds the time-to-quality column."""
   direction = 'higher' if metric in comparison.HIGHER_IS_BETTER else 'lower'
+  sooner = ''
+  if quality:
+    sooner = (f' iterations to {quality["baseline"]}\'s best ('
+              f'{quality["target"]:.4g}; x sooner) |')
   lines = [
       f'| method | what learns the new classes | source | loss | trainable '
       f'G / D params | best {metric} ({direction} is better) | iteration of '
-      f'best | final {metric} | class accuracy at best | intra-class FD at '
-      'best | recall at best | coverage at best | wall time (s) |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      f'best |{sooner} final {metric} | class accuracy at best | intra-class '
+      'FD at best | recall at best | coverage at best | wall time (s) |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|' +
+      ('---|' if quality else ''),
   ]
   for row in rows:
     lead = (f'| {row["method"]} | {row["summary"]} | {row["source"]} | '
             f'{row["loss"]} |')
     if 'error' in row:
-      lines.append(f'{lead} - | {row["error"]} |' + ' - |' * 7)
+      lines.append(f'{lead} - | {row["error"]} |' + ' - |' *
+                   (8 if quality else 7))
       continue
     intra = row.get('intra_fd_at_best')
     lines.append(f'{lead} '
                  f'{row["trainable_g"]:,} / {row["trainable_d"]:,} | '
-                 f'{row["best"]:.4g} | {row["best_step"]} | '
-                 f'{row["final"]:.4g} | '
+                 f'{row["best"]:.4g} | {row["best_step"]} |' +
+                 (f' {_sooner_cell(row)} |' if quality else '') +
+                 f' {row["final"]:.4g} | '
                  f'{_fraction(row.get("class_accuracy_at_best"))} | '
                  f'{"-" if intra is None else f"{intra:.4g}"} | '
                  f'{_recall_cell(row.get("recall_at_best"))} | '
@@ -202,6 +254,33 @@ def _at_best(best: dict, name: str):
     if key in best:
       return best[key]
   return None
+
+
+def first_reaching(curve, metric: str, target: float):
+  """The first iteration at which `curve` reaches `target` (None: never)."""
+  higher = metric in comparison.HIGHER_IS_BETTER
+  for step, value in zip(curve.steps, curve.values):
+    if (value >= target) if higher else (value <= target):
+      return step
+  return None
+
+
+def add_time_to_quality(rows, curves, metric: str, baseline: str):
+  """Per row: the first iteration reaching `baseline`'s best value, and
+  how many times sooner than `baseline` that is (the paper's Fig. 5)."""
+  by_name = {curve.name: curve for curve in curves}
+  if baseline not in by_name:
+    return None
+  reference = by_name[baseline]
+  target = reference.values[reference.best_index(metric)]
+  reference_steps = first_reaching(reference, metric, target)
+  for row in rows:
+    curve = by_name.get(row['method'])
+    steps = first_reaching(curve, metric, target) if curve else None
+    row['steps_to_baseline_best'] = steps
+    row['times_sooner_than_baseline'] = (
+        reference_steps / steps if steps else None)
+  return {'baseline': baseline, 'target': target}
 
 
 def summarise(runs, metric):
@@ -234,33 +313,52 @@ def summarise(runs, metric):
   return rows, curves
 
 
-def last_grid(run: MethodRun) -> pathlib.Path:
-  """The final sample grid of a run's last stage."""
-  grids = sorted((run.stage_dirs[-1] / 'samples').glob('*.png'))
+def shown_grid(run: MethodRun) -> pathlib.Path:
+  """The sample grid of a run's last stage at its best evaluation
+  (samples/best.png), else its last grid."""
+  samples = run.stage_dirs[-1] / 'samples'
+  if (samples / 'best.png').is_file():
+    return samples / 'best.png'
+  grids = sorted(samples.glob('step_*.png'))
   return grids[-1] if grids else None
 
 
-def samples_figure(runs, path):
-  """The methods' final sample grids side by side (a row per new class)."""
-  from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
-  from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
-  shown = [(r.name, last_grid(r)) for r in runs if not r.error]
-  shown = [(name, grid) for name, grid in shown if grid is not None]
+# Each sample is drawn at least this many pixels wide in samples.png.
+MIN_SAMPLE_PIXELS = 64
+
+
+def samples_figure(runs, path, columns: int):
+  """One grid per method (a row per class, `columns` samples a row),
+  stacked under their names, samples enlarged to MIN_SAMPLE_PIXELS: as
+  readable for 2 classes as for 20, for any number of methods."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  shown = [(r.name, shown_grid(r)) for r in runs if not r.error]
+  shown = [(name, Image.open(grid)) for name, grid in shown if grid]
   if not shown:
     return None
-  figure = mpl_figure.Figure(figsize=(3.2 * len(shown), 3.6))
-  axes = figure.subplots(1, len(shown), squeeze=False)
-  for axis, (name, grid) in zip(axes[0], shown):
-    axis.imshow(mpimg.imread(grid), interpolation='nearest')
-    axis.set_title(name)
-    axis.axis('off')
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  scale = max(1, -(-MIN_SAMPLE_PIXELS * columns // shown[0][1].width))
+  label = 24
+  grids = [(name, grid.resize((grid.width * scale, grid.height * scale),
+                              Image.NEAREST)) for name, grid in shown]
+  width = max(grid.width for _, grid in grids)
+  picture = Image.new('RGB',
+                      (width, sum(label + grid.height for _, grid in grids)),
+                      'white')
+  draw, top = ImageDraw.Draw(picture), 0
+  for name, grid in grids:
+    draw.text((4, top + 6), name, fill='black')
+    picture.paste(grid.convert('RGB'), (0, top + label))
+    top += label + grid.height
+  picture.save(path)
   return path
 
 
-def compare_methods(config, workdir, names) -> str:
-  """Runs every method in `names`; writes and returns the table."""
+def compare_methods(config, workdir, names, quality_baseline='bsa') -> str:
+  """Runs every method in `names`; writes and returns the table.
+
+  `quality_baseline`: the method whose best value sets the quality of the
+  time-to-quality column (none when it is not among `names`).
+  """
   workdir = pathlib.Path(workdir).absolute()
   start = time.perf_counter()
   sources = Sources(config, workdir)
@@ -272,7 +370,8 @@ def compare_methods(config, workdir, names) -> str:
   metric = config.eval.best_metric or ('fid' if config.eval.inception_dir else
                                        'domain_fd')
   rows, curves = summarise(runs, metric)
-  text = table(rows, metric)
+  quality = add_time_to_quality(rows, curves, metric, quality_baseline)
+  text = table(rows, metric, quality)
   (workdir / 'comparison.md').write_text(text + '\n')
   (workdir / 'comparison.json').write_text(
       json.dumps(
@@ -282,11 +381,12 @@ def compare_methods(config, workdir, names) -> str:
                   _form(k): v for k, v in sources.made().items()
               },
               'rows': rows,
+              'time_to_quality': quality,
               'total_seconds': round(time.perf_counter() - start, 1)
           },
           indent=1))
   if curves:
     comparison.plot(curves, metric, workdir / 'comparison.png',
                     'new classes by method')
-  samples_figure(runs, workdir / 'samples.png')
+  samples_figure(runs, workdir / 'samples.png', config.sample.columns)
   return text

@@ -148,6 +148,20 @@ class StageCheckpoints:
     ]
     return max(steps, default=None)
 
+  def restore_best(self, target):
+    """`(step, state)` of the best checkpoint, or None without one."""
+    if self.best is None:
+      return None
+    self.best.wait_until_finished()
+    step = self.best.best_step()
+    if step is None:
+      return None
+    return step, self.best.restore(step, args=ocp.args.StandardRestore(target))
+
+  def is_best(self, step: int) -> bool:
+    """Whether the best checkpoint is (now) the one of `step`."""
+    return self.best is not None and self.best.best_step() == step
+
   def save_if_best(self, step: int, state, metrics: dict):
     """Keeps `state` if `metrics[best_metric]` is the best so far."""
     if self.best is not None:

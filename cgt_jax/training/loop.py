@@ -5,7 +5,9 @@ Workdir layout (one folder per stage):
     WORKDIR/config.json
     WORKDIR/<stage>/checkpoints/{latest,best}/   orbax, for resuming
     WORKDIR/<stage>/samples/step_XXXXXXX.png      fixed-z grids, a row a class
+    WORKDIR/<stage>/samples/best.png              ... at the best evaluation
     WORKDIR/<stage>/model/                        the stage's exported models
+    WORKDIR/<stage>/model_best/                   ... at its best evaluation
     WORKDIR/<stage>/model_ema/                    the EMA generator (EMA on)
     WORKDIR/<stage>/summary.json                  steps, wall time, metrics
     WORKDIR/<stage>/events.out.tfevents.*         TensorBoard scalars/images
@@ -107,7 +109,8 @@ def _run_stages(plan, workdir, preemption) -> pathlib.Path:
     if preemption.requested():
       raise Preempted(f'stopped by SIGTERM before stage {stage}; nothing new '
                       'to save: rerun the same command to resume')
-    previous = run_stage(stage, plan, workdir, mesh, data, previous, preemption)
+    previous = run_stage(stage, plan, workdir, mesh, data,
+                         start_model(plan, stage, previous), preemption)
   if jax.process_index() == 0:
     _write_comparison(workdir, plan.stages[-1])
   return pathlib.Path(previous)
@@ -117,6 +120,21 @@ def _write_comparison(workdir, stage):
   """comparison.{md,png}: the last stage's metric over training."""
   if (workdir / stage / 'eval_history.json').exists():
     comparison.compare([workdir], stage=stage, out=workdir)
+
+
+def start_model(plan, stage: str, previous):
+  """The model `stage` starts from, given the previous stage's `model`."""
+  if previous is None or stage != 'finetune':
+    return previous
+  return finetune_start(previous, plan.stage_config(stage).start_from)
+
+
+def finetune_start(model_dir, start_from: str):
+  """Fine-tuning starts from the transferred model of the best evaluation
+  (`start_from='best'`, when there was one: model_best beside
+  `model_dir`) or the final one."""
+  best = pathlib.Path(model_dir).with_name('model_best')
+  return best if start_from == 'best' and best.exists() else model_dir
 
 
 def run_stage(stage, plan, workdir, mesh, data, previous_model, preemption):
@@ -157,11 +175,14 @@ def run_stage(stage, plan, workdir, mesh, data, previous_model, preemption):
   start = time.perf_counter()
   try:
     state, metrics = _loop(run, state)
+    best = checkpoints.restore_best(
+        checkpointing.abstract_like(state, parallel.replicated(mesh)))
     checkpoints.close()  # raises if the last write failed: no export then
   finally:
     checkpoints.close()
     run.writer.flush()
-  return _export(run, state, metrics, time.perf_counter() - start)
+  return _export(run, state, metrics,
+                 time.perf_counter() - start, best, previous_model)
 
 
 @dataclasses.dataclass
@@ -217,7 +238,7 @@ def _periodic(run, state, metrics, done, sample_grid):
   if _due(c.sample_every, done):
     _write_samples(sample_grid, state, done, run)
   if _due(c.eval_every, done):
-    _evaluate(run, state, done)
+    _evaluate(run, state, done, sample_grid)
   stop = run.preemption.reached(done, run.checkpoints)
   if _due(c.checkpoint_every, done) or stop:
     _checked(metrics, done, run)
@@ -253,11 +274,12 @@ def _finish(run, state, sample_grid):
   if not _due(c.sample_every, last):
     _write_samples(sample_grid, state, last, run)
   if run.evaluate is not None and not _due(c.eval_every, last):
-    _evaluate(run, state, last)
+    _evaluate(run, state, last, sample_grid)
 
 
-def _evaluate(run, state, step):
-  """Evaluates, logs, keeps the best checkpoint, appends to the history."""
+def _evaluate(run, state, step, sample_grid):
+  """Evaluates, logs, keeps the best checkpoint (and its grid,
+  samples/best.png), appends to the history."""
   if run.evaluate is None:
     return None
   start = time.perf_counter()
@@ -265,6 +287,8 @@ def _evaluate(run, state, step):
   scalars = {k: v for k, v in results.items() if not isinstance(v, list)}
   run.writer.write_scalars(step, {f'eval/{k}': v for k, v in scalars.items()})
   run.checkpoints.save_if_best(step, state, scalars)
+  if run.checkpoints.is_best(step):
+    _write_samples(sample_grid, state, step, run, name='best.png')
   if jax.process_index() == 0:
     history_file = run.stage_dir / 'eval_history.json'
     history = (
@@ -315,13 +339,14 @@ def _grid_sampler(setup, config):
   return sample
 
 
-def _write_samples(sample_grid, state, step, run):
+def _write_samples(sample_grid, state, step, run, name=None):
   variables = parallel.local_copy(state.g_variables(), run.mesh)
   picture = visualize.grid(sample_grid(variables), sample_grid.rows)
-  run.writer.write_images(step, {'samples': picture[None]})
+  run.writer.write_images(step,
+                          {'best_samples' if name else 'samples': picture[None]})
   if jax.process_index() == 0:
-    visualize.save_png(picture,
-                       run.stage_dir / 'samples' / f'step_{step:07d}.png')
+    visualize.save_png(
+        picture, run.stage_dir / 'samples' / (name or f'step_{step:07d}.png'))
 
 
 def _eval_summary(stage_dir, config) -> dict:
@@ -344,19 +369,28 @@ def _eval_summary(stage_dir, config) -> dict:
   }
 
 
-def _export(run, state, metrics, seconds):
-  """Writes the stage's model directories and summary (marks it complete)."""
-  spec, stage_dir = run.spec, run.stage_dir
-  generator_arch = model_io.module_arch(spec.generator)
+def _save_models(spec, directory, state):
   # A model there is this stage's own, from an export cut short or a
   # stage now trained further.
-  model_dir = model_io.save(
-      stage_dir / 'model',
-      generator_arch,
+  return model_io.save(
+      directory,
+      model_io.module_arch(spec.generator),
       state.g_variables(),
       model_io.module_arch(spec.discriminator),
       state.d_variables(),
       overwrite=True)
+
+
+def _export(run, state, metrics, seconds, best, previous_model):
+  """Writes the stage's model directories and summary (marks it complete).
+
+  `best`: `(step, state)` of the best evaluation, exported as model_best.
+  """
+  spec, stage_dir = run.spec, run.stage_dir
+  generator_arch = model_io.module_arch(spec.generator)
+  model_dir = _save_models(spec, stage_dir / 'model', state)
+  if best is not None:
+    _save_models(spec, stage_dir / 'model_best', best[1])
   ema = {}
   if state.g_ema:
     model_io.save(
@@ -372,6 +406,8 @@ def _export(run, state, metrics, seconds):
         'method': run.config.method,
         'classes': spec.class_names,
         'first_label': spec.label_range[0],
+        'started_from': str(previous_model) if previous_model else None,
+        'best_model_step': best[0] if best is not None else None,
         'trainable_parameters': spec.trainable_counts(),
         **_eval_summary(stage_dir, run.config),
         **ema,

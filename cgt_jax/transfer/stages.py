@@ -129,6 +129,8 @@ def _validate(config, method):
   _check_choice('method_options.bsa_start', options.bsa_start,
                 surgery.BSA_STARTS)
   _check_choice('model.init', config.model.init, ('ortho', 'N02'))
+  _check_choice('finetune.start_from',
+                config.finetune.get('start_from', 'best'), ('best', 'final'))
   _check_choice('model.resolution', config.model.resolution,
                 sorted(biggan.G_ARCH))
   _check_choice('dtype', config.dtype, ('float32', 'bfloat16'))
