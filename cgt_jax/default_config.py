@@ -172,6 +172,11 @@ def get_config() -> ml_collections.ConfigDict:
   # wrong even in runs that start from a source_checkpoint.
   e.classifier_with_source = False
   e.best_metric = ''  # '' = fid with Inception, else domain_fd
+  # The real images the metrics compare with: '' = the stage's training
+  # images (the paper's protocol: FD against the few training images), or
+  # a folder of held-out images with one sub-folder per class, named as the
+  # stage's classes (docs/EVALUATION.md).
+  e.reference = ''
 
   config.sample = s = ml_collections.ConfigDict()
   s.max_rows = 20  # classes shown per grid (one row each)

@@ -51,8 +51,11 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 # time than they save at run time (about 3x faster compiles).
 jax.config.update('jax_disable_most_optimizations', True)
 
-# Beside the compilation cache, whose name every process of the run shares.
+# Beside the compilation cache, whose name every process of the run shares;
+# also what cgt_jax caches by default (decoded image folders), so that the
+# suite writes nothing into the user's ~/.cache.
 _EVAL_CACHE = pathlib.Path(_CACHE + '_eval')
+os.environ.setdefault('CGT_JAX_CACHE', str(_EVAL_CACHE))
 
 
 @pytest.fixture(scope='session')

@@ -1,5 +1,7 @@
 """Datasets: class selection, synthetic shapes, image folders, CIFAR-100."""
 
+import sys
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -286,12 +288,41 @@ def test_requested_classes_and_subsampling_before_decoding(
       datasets.subsample_per_class(full, 2, 5).images, data.images)
 
 
-def test_progress_is_shown_for_large_folders(tmp_path, monkeypatch, capsys):
+def test_progress_is_shown_for_large_folders(tmp_path, monkeypatch, capsys,
+                                             caplog):
+  """In place on a terminal; in a log (not a terminal), whole lines."""
   for i in range(4):
-    write_image(tmp_path / 'a' / f'{i}.png', solid(i))
+    write_image(tmp_path / 'images' / 'a' / f'{i}.png', solid(i))
   monkeypatch.setattr(image_folder, '_PROGRESS_ABOVE', 3)
-  image_folder.load_image_folder(tmp_path, 4)
-  assert 'decoding images: 4/4' in capsys.readouterr().err
+  caplog.set_level('INFO')
+  image_folder.load_image_folder(
+      tmp_path / 'images', 4, cache=tmp_path / 'first')
+  assert 'decoding images: 4/4' in caplog.text
+  assert '\r' not in capsys.readouterr().err
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: True)
+  image_folder.load_image_folder(
+      tmp_path / 'images', 4, cache=tmp_path / 'second')
+  assert '\rdecoding images: 4/4' in capsys.readouterr().err
+
+
+def test_decoded_folders_are_cached_by_content(tmp_path, monkeypatch):
+  for i in range(3):
+    write_image(tmp_path / 'images' / 'a' / f'{i}.png', solid(i))
+  decoded = []
+  real_load = image_folder.load_image
+  monkeypatch.setattr(image_folder, 'load_image',
+                      lambda p, r: decoded.append(p) or real_load(p, r))
+  cache = tmp_path / 'cache'
+  first = image_folder.load_image_folder(tmp_path / 'images', 4, cache=cache)
+  again = image_folder.load_image_folder(tmp_path / 'images', 4, cache=cache)
+  assert len(decoded) == 3  # the second load decoded nothing
+  np.testing.assert_array_equal(first.images, again.images)
+  write_image(tmp_path / 'images' / 'a' / '1.png', solid(200))
+  changed = image_folder.load_image_folder(tmp_path / 'images', 4, cache=cache)
+  assert len(decoded) == 6  # new content: decoded again
+  assert changed.images[1, 0, 0, 0] == 200
+  image_folder.load_image_folder(tmp_path / 'images', 8, cache=cache)
+  assert len(decoded) == 9  # another resolution too
 
 
 def test_folder_errors_name_the_path_and_the_fix(tmp_path):

@@ -354,7 +354,10 @@ def test_compare_runs_methods_on_one_source_and_writes_the_table(
   config.method_options.hypermod.alignment_steps = 3
   text = compare.compare_methods(config, tmp_path,
                                  ['bsa', 'kp_finetune', 'hypermod'])
-  rows = [line.split(' | ')[0].lstrip('| ') for line in text.splitlines()[2:]]
+  table_lines = [line for line in text.splitlines() if line.startswith('|')]
+  rows = [line.split(' | ')[0].lstrip('| ') for line in table_lines[2:]]
+  assert text.endswith('Metrics against the training images of the new '
+                       'classes.')
   assert rows == ['bsa', 'kp_finetune', 'hypermod']
   report = json.loads((tmp_path / 'comparison.json').read_text())
   by_name = {row['method']: row for row in report['rows']}

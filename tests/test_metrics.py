@@ -473,3 +473,44 @@ def test_evaluate_samples_adds_per_class_metrics_by_extractor():
     for name in ('precision', 'recall', 'coverage'):
       assert results[prefix + name] == 1.0  # every image is its own match
     assert results[prefix + 'density'] >= 1.0
+
+
+def test_a_held_out_reference_folder_replaces_the_training_images(tmp_path):
+  """config.eval.reference: the same classes from another folder, labelled
+  like the stage's dataset (global labels)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+
+  from cgt_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from cgt_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  training = datasets.ClassDataset(
+      random_images(4), np.array([0, 0, 1, 1], np.int32),
+      ['cat', 'dog']).relabelled(6)
+  for seed, (name, count) in enumerate((('cat', 3), ('dog', 2))):
+    (tmp_path / name).mkdir()
+    for i, image in enumerate(random_images(count, seed=seed + 7)):
+      PIL.Image.fromarray(image).save(tmp_path / name / f'{i}.png')
+  config = ml_collections.ConfigDict({'eval': {'reference': ''}})
+  assert evaluator.reference_images(config, training) is training
+  assert evaluator.reference_name(config) == 'the training images'
+  config.eval.reference = str(tmp_path)
+  held_out = evaluator.reference_images(config, training)
+  assert held_out.labels.tolist() == [6, 6, 6, 7, 7]
+  assert held_out.images.shape == (5, 8, 8, 3)
+  assert evaluator.reference_name(config) == f'held-out images in {tmp_path}'
+
+
+def test_per_class_metrics_of_classes_too_small_are_nan_not_errors():
+  """Many classes, few samples (the pretraining stage's 48 classes at 64
+  samples): a class with one sample has no covariance and no 5 neighbours."""
+  images, labels = random_images(40), np.arange(40) % 2
+  extractor = linear_extractor('domain')
+  reference = stats_cache.reference_statistics(images, labels, extractor)
+  classes = np.array([0] * 7 + [1])  # class 1: a single sample
+  results = evaluation.evaluate_samples(
+      images[:8], classes, reference, extractor, sample_classes=classes)
+  assert np.isfinite(results['per_class_domain_intra_fd'][0])
+  assert np.isnan(results['per_class_domain_intra_fd'][1])
+  assert results['domain_intra_fd'] == results['per_class_domain_intra_fd'][0]
+  assert np.isnan(results['per_class_domain_coverage'][1])
+  assert np.isfinite(results['domain_coverage'])

@@ -107,6 +107,7 @@ def test_demo_pipeline_runs_and_exports_every_stage(tmp_path, eval_cache):
   _, _, best_model = model_io.load(tmp_path / 'transfer' / 'model_best')
   finetune = json.loads((tmp_path / 'finetune' / 'summary.json').read_text())
   assert finetune['started_from'] == str(tmp_path / 'transfer' / 'model_best')
+  assert finetune['eval_reference'] == 'the training images'
   summary = json.loads((tmp_path / 'transfer' / 'summary.json').read_text())
   assert summary['final_eval']['step'] == 2
   best = min(history, key=lambda h: h['domain_fd'])

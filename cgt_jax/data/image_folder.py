@@ -5,29 +5,36 @@ BigGAN-PyTorch's `CenterCropLongEdge` -> `Resize` transforms): classes are
 the sorted folder names, each image is converted to RGB, centre-cropped to
 a square of its short side and resized with PIL bilinear filtering
 (antialiased when downscaling). Images are kept as uint8; the input
-pipeline scales them to [-1, 1] on device.
+pipeline scales them to [-1, 1] on device. Decoded folders are cached by
+the files' content (`decoded_cache`).
 """
 
 import concurrent.futures
+import hashlib
 import os
 import pathlib
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from cgt_jax.data import datasets
+from cgt_jax.runtime import cache_dir
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 _PROGRESS_ABOVE = 1000  # images; smaller folders load silently
 
 
-def load_image_folder(root: os.PathLike | str,
-                      resolution: int,
-                      class_names: Optional[Sequence[str]] = None,
-                      images_per_class: Optional[int] = None,
-                      seed: int = 0) -> datasets.ClassDataset:
+def load_image_folder(
+    root: os.PathLike | str,
+    resolution: int,
+    class_names: Optional[Sequence[str]] = None,
+    images_per_class: Optional[int] = None,
+    seed: int = 0,
+    cache: Optional[pathlib.Path] = None) -> datasets.ClassDataset:
   """Loads `root/<class>/<image>` files as a `ClassDataset`.
 
   Args:
@@ -38,6 +45,8 @@ def load_image_folder(root: os.PathLike | str,
     images_per_class: keep this many seeded-random images per class (chosen
       before decoding); None keeps all.
     seed: seed of that choice.
+    cache: folder of decoded images, keyed by the files' bytes and the
+      resolution (`decoded_cache`); None: `runtime.cache_dir.default()`.
 
   Returns:
     uint8 images `[n, resolution, resolution, 3]`, class-major.
@@ -63,8 +72,28 @@ def load_image_folder(root: os.PathLike | str,
     chosen = datasets.choose_per_class(len(files), images_per_class, seed, name)
     paths += [files[i] for i in chosen]
     labels += [label] * len(chosen)
-  images = _decode_all(paths, resolution)
+  images = decoded_cache(paths, resolution, cache or cache_dir.default())
   return datasets.ClassDataset(images, np.array(labels, np.int32), names)
+
+
+def decoded_cache(paths: list[pathlib.Path], resolution: int,
+                  cache: pathlib.Path) -> np.ndarray:
+  """`_decode_all(paths, resolution)`, kept in `cache` under a hash of the
+  files' bytes: the methods of a comparison and reruns decode a folder
+  once (reading and hashing the files costs a fraction of decoding them)."""
+  digest = hashlib.sha256(f'decoded-v1 {resolution}'.encode())
+  for path in paths:
+    digest.update(hashlib.sha256(path.read_bytes()).digest())
+  file = pathlib.Path(cache) / f'decoded_{digest.hexdigest()[:32]}.npy'
+  if file.is_file():
+    return np.load(file)
+  images = _decode_all(paths, resolution)
+  file.parent.mkdir(parents=True, exist_ok=True)
+  handle, tmp = tempfile.mkstemp(dir=file.parent, suffix='.partial')
+  with os.fdopen(handle, 'wb') as out:
+    np.save(out, images)
+  os.replace(tmp, file)
+  return images
 
 
 def class_folders(root: pathlib.Path) -> list[str]:
@@ -130,17 +159,24 @@ def _decode_all(paths: list[pathlib.Path], resolution: int) -> np.ndarray:
   images = np.empty((len(paths), resolution, resolution, 3), np.uint8)
   workers = min(16, 2 * (os.cpu_count() or 1))
   show = len(paths) > _PROGRESS_ABOVE
+  # One line rewritten in place on a terminal; in a log file, a line every
+  # tenth of the way (a carriage return there makes one endless line).
+  terminal = sys.stderr.isatty()
+  every = 250 if terminal else max(1, len(paths) // 10)
   pool = concurrent.futures.ThreadPoolExecutor(workers)
   try:
     decoded = pool.map(load_image, paths, [resolution] * len(paths))
     for i, image in enumerate(decoded):
       images[i] = image
-      if show and ((i + 1) % 250 == 0 or i + 1 == len(paths)):
-        sys.stderr.write(f'\rdecoding images: {i + 1}/{len(paths)}')
+      if show and ((i + 1) % every == 0 or i + 1 == len(paths)):
+        if terminal:
+          sys.stderr.write(f'\rdecoding images: {i + 1}/{len(paths)}')
+        else:
+          logging.info('decoding images: %d/%d', i + 1, len(paths))
   finally:
     # On a bad file, fail now rather than after decoding all the others.
     pool.shutdown(cancel_futures=True)
-  if show:
+  if show and terminal:
     sys.stderr.write('\n')
   return images
 

@@ -85,6 +85,21 @@ def evaluate_samples(fake_images,
 PRDC = ('precision', 'recall', 'density', 'coverage')
 
 
+def _mean_of_finite(values) -> float:
+  """The mean over the classes that had enough images (NaN: none had)."""
+  values = np.asarray(values, np.float64)
+  finite = values[np.isfinite(values)]
+  return float(finite.mean()) if len(finite) else math.nan
+
+
+def _intra_fd_or_nan(real, fake) -> float:
+  """`metrics.intra_class_fd`, or NaN for a class with fewer than 2 real
+  images or samples (no covariance: many classes, few samples)."""
+  if min(len(real), len(fake)) < 2:
+    return math.nan
+  return metrics.intra_class_fd(real, fake)
+
+
 def _prdc_or_nan(real, fake) -> dict:
   """`metrics.prdc`, or NaNs when a class has too few real images or
   samples for its k = 5 neighbours (few-shot classes of fewer than 6)."""
@@ -99,17 +114,15 @@ def _per_class_metrics(reference, fake, sample_classes, prefix: str,
   """Intra-class FD and precision/recall/density/coverage, class by class:
   their means and per-class lists."""
   args = (reference.features, reference.labels, fake, sample_classes)
-  fds = metrics.per_class(metrics.intra_class_fd, *args)
+  fds = metrics.per_class(_intra_fd_or_nan, *args)
   prdcs = metrics.per_class(_prdc_or_nan, *args)
   classes = sorted(fds)
   results = {
-      fd_name: float(np.mean([fds[c] for c in classes])),
+      fd_name: _mean_of_finite([fds[c] for c in classes]),
       f'per_class_{fd_name}': [fds[c] for c in classes],
   }
   for name in PRDC:
     values = [prdcs[c][name] for c in classes]
-    # NaN for a class of too few images; the mean of the others then.
-    results[prefix + name] = (
-        float(np.nanmean(values)) if np.isfinite(values).any() else math.nan)
+    results[prefix + name] = _mean_of_finite(values)
     results[f'per_class_{prefix}{name}'] = values
   return results

@@ -15,7 +15,10 @@ Per class, on the same features: the intra-class FD (`intra_fid` /
 over the classes and per-class lists (`evaluation.evaluate_samples`):
 what catches a generator that draws the same image for every z.
 
-Reference statistics and the classifier are cached by dataset content.
+Reference statistics and the classifier are cached by dataset content. The
+reference images are the stage's training images (the paper's protocol),
+or a held-out image folder (`config.eval.reference`); the classifier always
+trains on the training images.
 """
 
 import dataclasses
@@ -25,16 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cgt_jax.runtime import cache_dir
 from cgt_jax.runtime import parallel
 from cgt_jax.training import steps
 from cgt_jax.evaluation import domain_classifier
 from cgt_jax.evaluation import features
 from cgt_jax.evaluation import stats_cache
 import cgt_jax.evaluation as evaluation_lib
-
-
-def default_cache_dir() -> pathlib.Path:
-  return pathlib.Path.home() / '.cache' / 'cgt_jax'
 
 
 @dataclasses.dataclass
@@ -120,11 +120,12 @@ def make(config, generator, dataset, data, mesh) -> StageEvaluator:
   (feature extraction gathers its outputs on one host).
   """
   mesh = parallel.local_mesh(mesh)
-  cache = pathlib.Path(config.eval.cache_dir or default_cache_dir())
+  cache = pathlib.Path(config.eval.cache_dir or cache_dir.default())
   extractor = _extractor(config, data, cache)
+  real = reference_images(config, dataset)
   reference = stats_cache.reference_statistics(
-      dataset.images,
-      dataset.labels,
+      real.images,
+      real.labels,
       extractor,
       cache,
       batch_size=config.eval.batch_size,
@@ -137,6 +138,25 @@ def make(config, generator, dataset, data, mesh) -> StageEvaluator:
   return StageEvaluator(generator, extractor, reference, labels,
                         data.known_labels(dataset, labels), z,
                         config.eval.batch_size, mesh)
+
+
+def reference_images(config, dataset):
+  """The real images the samples of `dataset`'s classes are compared with:
+  `dataset` itself, or the held-out folder `config.eval.reference` (the
+  same classes, labelled like `dataset`)."""
+  root = config.eval.get('reference', '')
+  if not root:
+    return dataset
+  from cgt_jax.data import image_folder  # pylint: disable=g-import-not-at-top
+  held_out = image_folder.load_image_folder(
+      root, dataset.images.shape[1], class_names=dataset.class_names)
+  return held_out.relabelled(dataset.label_range[0])
+
+
+def reference_name(config) -> str:
+  """What the metrics compared with, for summaries and tables."""
+  root = config.eval.get('reference', '')
+  return f'held-out images in {root}' if root else 'the training images'
 
 
 def best_metric(config) -> tuple:

@@ -101,6 +101,7 @@ def evaluate(workdir, stage=None, num_samples=None, inception_dir=None):
       'stage': stage,
       'num_samples': config.eval.num_samples,
       'inception_dir': config.eval.inception_dir,
+      'reference': evaluator_lib.reference_name(config),
       'wall_time': time.time(),
       'seconds': round(time.perf_counter() - start, 1),
       **metrics

@@ -39,6 +39,7 @@ import time
 from absl import logging
 
 from cgt_jax.evaluation import comparison
+from cgt_jax.evaluation import evaluator
 from cgt_jax.models import model_io
 from cgt_jax.training import loop
 from cgt_jax.transfer import methods
@@ -338,8 +339,9 @@ def samples_figure(runs, path, columns: int):
     return None
   scale = max(1, -(-MIN_SAMPLE_PIXELS * columns // shown[0][1].width))
   label = 24
-  grids = [(name, grid.resize((grid.width * scale, grid.height * scale),
-                              Image.NEAREST)) for name, grid in shown]
+  grids = [(name,
+            grid.resize((grid.width * scale, grid.height * scale),
+                        Image.NEAREST)) for name, grid in shown]
   width = max(grid.width for _, grid in grids)
   picture = Image.new('RGB',
                       (width, sum(label + grid.height for _, grid in grids)),
@@ -371,7 +373,9 @@ def compare_methods(config, workdir, names, quality_baseline='bsa') -> str:
                                        'domain_fd')
   rows, curves = summarise(runs, metric)
   quality = add_time_to_quality(rows, curves, metric, quality_baseline)
-  text = table(rows, metric, quality)
+  text = table(rows, metric, quality) + (
+      f'\n\nMetrics against {evaluator.reference_name(config)} of the new '
+      'classes.')
   (workdir / 'comparison.md').write_text(text + '\n')
   (workdir / 'comparison.json').write_text(
       json.dumps(
@@ -382,6 +386,7 @@ def compare_methods(config, workdir, names, quality_baseline='bsa') -> str:
               },
               'rows': rows,
               'time_to_quality': quality,
+              'reference': evaluator.reference_name(config),
               'total_seconds': round(time.perf_counter() - start, 1)
           },
           indent=1))

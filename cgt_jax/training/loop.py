@@ -342,8 +342,8 @@ def _grid_sampler(setup, config):
 def _write_samples(sample_grid, state, step, run, name=None):
   variables = parallel.local_copy(state.g_variables(), run.mesh)
   picture = visualize.grid(sample_grid(variables), sample_grid.rows)
-  run.writer.write_images(step,
-                          {'best_samples' if name else 'samples': picture[None]})
+  run.writer.write_images(
+      step, {'best_samples' if name else 'samples': picture[None]})
   if jax.process_index() == 0:
     visualize.save_png(
         picture, run.stage_dir / 'samples' / (name or f'step_{step:07d}.png'))
@@ -409,6 +409,8 @@ def _export(run, state, metrics, seconds, best, previous_model):
         'started_from': str(previous_model) if previous_model else None,
         'best_model_step': best[0] if best is not None else None,
         'trainable_parameters': spec.trainable_counts(),
+        'eval_reference': (evaluator_lib.reference_name(run.config)
+                           if run.evaluate is not None else None),
         **_eval_summary(stage_dir, run.config),
         **ema,
     }
