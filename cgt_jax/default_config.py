@@ -173,9 +173,10 @@ def get_config() -> ml_collections.ConfigDict:
   e.classifier_with_source = False
   e.best_metric = ''  # '' = fid with Inception, else domain_fd
   # The real images the metrics compare with: '' = the stage's training
-  # images (the paper's protocol: FD against the few training images), or
-  # a folder of held-out images with one sub-folder per class, named as the
-  # stage's classes (docs/EVALUATION.md).
+  # images (the paper's protocol: FD against the few training images),
+  # 'test' = the dataset's test split (CIFAR-100; another draw of the
+  # synthetic shapes), or a folder of held-out images with one sub-folder
+  # per class, named as the stage's classes (docs/EVALUATION.md).
   e.reference = ''
 
   config.sample = s = ml_collections.ConfigDict()

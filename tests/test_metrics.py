@@ -514,3 +514,34 @@ def test_per_class_metrics_of_classes_too_small_are_nan_not_errors():
   assert results['domain_intra_fd'] == results['per_class_domain_intra_fd'][0]
   assert np.isnan(results['per_class_domain_coverage'][1])
   assert np.isfinite(results['domain_coverage'])
+
+
+def test_the_test_split_reference_is_another_draw_of_the_same_classes():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from cgt_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from cgt_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  names = ['red_disc', 'green_square']
+  training = synthetic.make_dataset(3, seed=0, class_names=names).relabelled(6)
+  config = ml_collections.ConfigDict({
+      'eval': {
+          'reference': 'test'
+      },
+      'data': {
+          'name': 'synthetic',
+          'synthetic_images_per_class': 3,
+          'seed': 0,
+          'data_dir': ''
+      }
+  })
+  held_out = evaluator.reference_images(config, training)
+  assert held_out.class_names == names
+  assert held_out.labels.tolist() == training.labels.tolist()
+  assert not np.array_equal(held_out.images, training.images)
+  assert evaluator.reference_name(config) == 'the test split'
+  config.data.name = 'image_folder'
+  with pytest.raises(
+      ValueError,
+      match='has no test split: set '
+      'config.eval.reference to a folder'):
+    evaluator.reference_images(config, training)

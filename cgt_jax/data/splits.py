@@ -145,3 +145,29 @@ def _check_not_empty(dataset):
     raise datasets.DatasetError(
         f'classes {empty} have no images in the configured dataset: check '
         'the class names and the data location')
+
+
+# The seed offset of the synthetic data's held-out draw.
+_HELD_OUT_SEED = 1_000_003
+
+
+def test_split(data_config, dataset: datasets.ClassDataset):
+  """Held-out images of `dataset`'s classes, labelled like it: CIFAR-100's
+  test split, or another draw of the synthetic shapes (an image folder has
+  no split: `config.eval.reference` names a folder instead)."""
+  if data_config.name == 'cifar100':
+    from cgt_jax.data import cifar100  # pylint: disable=g-import-not-at-top
+    everything = cifar100.load_cifar100('test', data_config.data_dir or None)
+  elif data_config.name == 'synthetic':
+    from cgt_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    everything = synthetic.make_dataset(
+        data_config.synthetic_images_per_class,
+        seed=data_config.seed + _HELD_OUT_SEED,
+        class_names=dataset.class_names)
+  else:
+    raise datasets.DatasetError(
+        f"config.data.name={data_config.name!r} has no test split: set "
+        "config.eval.reference to a folder of held-out images (one "
+        "sub-folder per class)")
+  held_out = datasets.select_classes(everything, dataset.class_names)
+  return held_out.relabelled(dataset.label_range[0])

@@ -142,11 +142,15 @@ def make(config, generator, dataset, data, mesh) -> StageEvaluator:
 
 def reference_images(config, dataset):
   """The real images the samples of `dataset`'s classes are compared with:
-  `dataset` itself, or the held-out folder `config.eval.reference` (the
-  same classes, labelled like `dataset`)."""
+  `dataset` itself, the dataset's test split (`config.eval.reference`
+  'test'), or a held-out image folder (the same classes, labelled like
+  `dataset`)."""
   root = config.eval.get('reference', '')
   if not root:
     return dataset
+  if root == 'test':
+    from cgt_jax.data import splits  # pylint: disable=g-import-not-at-top
+    return splits.test_split(config.data, dataset)
   from cgt_jax.data import image_folder  # pylint: disable=g-import-not-at-top
   held_out = image_folder.load_image_folder(
       root, dataset.images.shape[1], class_names=dataset.class_names)
@@ -156,6 +160,8 @@ def reference_images(config, dataset):
 def reference_name(config) -> str:
   """What the metrics compared with, for summaries and tables."""
   root = config.eval.get('reference', '')
+  if root == 'test':
+    return 'the test split'
   return f'held-out images in {root}' if root else 'the training images'
 
 
