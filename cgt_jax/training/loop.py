@@ -126,7 +126,10 @@ def start_model(plan, stage: str, previous):
   """The model `stage` starts from, given the previous stage's `model`."""
   if previous is None or stage != 'finetune':
     return previous
-  return finetune_start(previous, plan.stage_config(stage).start_from)
+  # A method that derives its second stage from the transfer's settings
+  # (MineGAN: miners + G after mining) continues the first one's end.
+  return finetune_start(previous,
+                        plan.stage_config(stage).get('start_from', 'final'))
 
 
 def finetune_start(model_dir, start_from: str):
