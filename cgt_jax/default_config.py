@@ -109,6 +109,11 @@ def get_config() -> ml_collections.ConfigDict:
   # minegan and hypermod, hinge for the others); pretraining uses
   # BigGAN's hinge.
   config.loss = ''
+  # DiffAugment (training/diffaugment.py) of every image D sees, real and
+  # fake, in every stage: '' (off) or a comma-separated subset of
+  # 'color,translation,cutout' (its authors' choice for a few hundred
+  # images: all three).
+  config.augment = ''
   # Transfer-stage fields per method, e.g. method_overrides.transfergan =
   # {'g_lr': 2e-4}: full fine-tuning wants other learning rates than KP.
   config.method_overrides = ml_collections.ConfigDict()

@@ -357,7 +357,7 @@ def test_compare_runs_methods_on_one_source_and_writes_the_table(
   table_lines = [line for line in text.splitlines() if line.startswith('|')]
   rows = [line.split(' | ')[0].lstrip('| ') for line in table_lines[2:]]
   assert text.endswith('Metrics against the training images of the new '
-                       'classes.')
+                       'classes. DiffAugment: off.')
   assert rows == ['bsa', 'kp_finetune', 'hypermod']
   report = json.loads((tmp_path / 'comparison.json').read_text())
   by_name = {row['method']: row for row in report['rows']}

@@ -375,7 +375,7 @@ def compare_methods(config, workdir, names, quality_baseline='bsa') -> str:
   quality = add_time_to_quality(rows, curves, metric, quality_baseline)
   text = table(rows, metric, quality) + (
       f'\n\nMetrics against {evaluator.reference_name(config)} of the new '
-      'classes.')
+      f'classes. DiffAugment: {config.get("augment") or "off"}.')
   (workdir / 'comparison.md').write_text(text + '\n')
   (workdir / 'comparison.json').write_text(
       json.dumps(
@@ -387,6 +387,7 @@ def compare_methods(config, workdir, names, quality_baseline='bsa') -> str:
               'rows': rows,
               'time_to_quality': quality,
               'reference': evaluator.reference_name(config),
+              'augment': config.get('augment', ''),
               'total_seconds': round(time.perf_counter() - start, 1)
           },
           indent=1))

@@ -407,6 +407,7 @@ def _export(run, state, metrics, seconds, best, previous_model):
         'wall_seconds': round(seconds, 1),
         'final_metrics': metrics,
         'method': run.config.method,
+        'augment': run.config.get('augment', ''),
         'classes': spec.class_names,
         'first_label': spec.label_range[0],
         'started_from': str(previous_model) if previous_model else None,

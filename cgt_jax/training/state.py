@@ -55,6 +55,8 @@ class StageSetup:
     losses: the stage's D and G losses (`training.losses`), as its method
       chose them (KP: hinge + eq. 7's regularisers).
     ema_decay, ema_start: G EMA (decay None: off).
+    augment: the DiffAugment `Policy` applied to every image D sees in
+      training (`training.diffaugment`), or None.
   """
   generator: biggan.Generator
   discriminator: biggan.Discriminator
@@ -69,6 +71,7 @@ class StageSetup:
   losses: Any = losses_lib.Hinge()
   ema_decay: Optional[float] = None
   ema_start: int = 0
+  augment: Any = None
 
   @property
   def real_per_step(self) -> int:

@@ -141,13 +141,21 @@ def _stack(nested):
 
 
 def regularizer_keys(state, setup):
-  """`[S, A]` keys of the D chunks' regularisers (`losses.Losses`), from
+  """`[S, A]` keys of the D chunks' regularisers (`losses.Losses`) and
+  DiffAugment, from
   `fold_in(step rng, 1)`: the draws' keys (`sample_draws`) stay as they
   were."""
   keys = jax.random.split(
       jax.random.fold_in(step_rng(state), 1),
       setup.num_d_steps * setup.num_d_accumulations)
   return keys.reshape((setup.num_d_steps, setup.num_d_accumulations))
+
+
+def g_augment_keys(state, setup):
+  """`[G]` DiffAugment keys of the G chunks, from `fold_in(step rng, 2)`
+  (the D chunks augment with `fold_in(regularizer key, 1)`)."""
+  return jax.random.split(
+      jax.random.fold_in(step_rng(state), 2), setup.num_g_accumulations)
 
 
 def step_rng(state):
@@ -201,6 +209,8 @@ def _d_chunk_loss(d_params,
   through the losses' regulariser, if any, in its own calls)."""
   images = jnp.concatenate([fake, real], axis=0)
   labels = jnp.concatenate([fake_labels, real_labels], axis=0)
+  if setup.augment is not None:  # DiffAugment, real and fake alike
+    images = setup.augment(images, jax.random.fold_in(key, 1))
   logits, d_state_after = discriminate_train_mode(setup, d_params, d_state,
                                                   images, labels)
   d_fake, d_real = jnp.split(logits, [fake.shape[0]], axis=0)
@@ -273,18 +283,30 @@ def d_update(state, setup, real, real_labels, z, fake_labels, keys=None):
   return state, metrics
 
 
-def _g_chunk_loss(g_params, g_state, d_state, d_params, setup, z, labels):
-  """Generator loss of one chunk (hinge + KP regularisers)."""
+def _g_chunk_loss(g_params,
+                  g_state,
+                  d_state,
+                  d_params,
+                  setup,
+                  z,
+                  labels,
+                  key=None):
+  """Generator loss of one chunk (hinge + KP regularisers); with DiffAugment
+  D sees the augmented fakes and the gradient flows through the
+  augmentation."""
   fake, g_state = generate_train_mode(setup, g_params, g_state, z, labels)
+  if setup.augment is not None:
+    fake = setup.augment(fake, key)
   d_fake, d_state = discriminate_train_mode(setup, d_params, d_state, fake,
                                             labels)
   loss, terms = setup.losses.generator(d_fake, g_params)
   return loss, (g_state, d_state, {'g_loss': loss, **terms})
 
 
-def g_update(state, setup, z, labels):
+def g_update(state, setup, z, labels, keys=None):
   """One G optimizer step over the G chunks `z` `[G, B, dim_z]`, `labels`
-  `[G, B]` (losses averaged); metrics have a leading chunk axis `[G]`."""
+  `[G, B]` (losses averaged; `keys` `[G]`: the chunks' DiffAugment keys,
+  with DiffAugment on); metrics have a leading chunk axis `[G]`."""
   num_chunks = z.shape[0]
   grad_fn = jax.grad(_g_chunk_loss, has_aux=True)
 
@@ -301,7 +323,8 @@ def g_update(state, setup, z, labels):
   (grads, g_state,
    d_state), metrics = _accumulation_loop(chunk,
                                           (zeros, state.g_state, state.d_state),
-                                          (z, labels))
+                                          (z, labels) + (() if keys is None else
+                                                         (keys,)))
   updates, g_opt_state = setup.g_optimizer.update(grads, state.g_opt_state,
                                                   state.g_params)
   state = state.replace(
@@ -358,10 +381,11 @@ def train_step(state,
 
   images, labels = (as_chunks(batch[k], setup) for k in ('image', 'label'))
   inputs = (images, labels, draws.d_z, draws.d_labels)
-  if setup.losses.regularizes_discriminator:
+  if setup.losses.regularizes_discriminator or setup.augment is not None:
     inputs += (regularizer_keys(state, setup),)
   state, d_metrics = _accumulation_loop(one_d_step, state, inputs)
-  state, g_metrics = g_update(state, setup, draws.g_z, draws.g_labels)
+  g_keys = () if setup.augment is None else (g_augment_keys(state, setup),)
+  state, g_metrics = g_update(state, setup, draws.g_z, draws.g_labels, *g_keys)
   if setup.ema_decay is not None:
     ema = optim.ema_update(state.g_ema, state.g_variables(), setup.ema_decay,
                            state.step, setup.ema_start)

@@ -25,6 +25,7 @@ from cgt_jax.data import datasets
 from cgt_jax.data import pipeline
 from cgt_jax.models import biggan
 from cgt_jax.models import model_io
+from cgt_jax.training import diffaugment
 from cgt_jax.training import losses as losses_lib
 from cgt_jax.training import state as state_lib
 from cgt_jax.transfer import groups
@@ -129,6 +130,10 @@ def _validate(config, method):
   _check_choice('method_options.bsa_start', options.bsa_start,
                 surgery.BSA_STARTS)
   _check_choice('model.init', config.model.init, ('ortho', 'N02'))
+  try:
+    diffaugment.Policy.parse(config.get('augment', ''))
+  except diffaugment.AugmentError as error:
+    raise ConfigError(str(error)) from None
   _check_choice('finetune.start_from',
                 config.finetune.get('start_from', 'best'), ('best', 'final'))
   _check_choice('model.resolution', config.model.resolution,
@@ -390,5 +395,6 @@ def training_setup(stage: str, plan: Plan, models: methods.Models,
       num_g_accumulations=c.num_g_accumulations,
       losses=losses,
       ema_decay=c.ema_decay or None,
-      ema_start=c.ema_start)
+      ema_start=c.ema_start,
+      augment=diffaugment.Policy.parse(plan.config.get('augment', '')))
   return g_mask, d_mask, setup
