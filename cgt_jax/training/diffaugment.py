@@ -4,7 +4,7 @@ every image D sees, real and fake, in the D and the G steps.
 D(T(x)) with T differentiable, so G's gradient flows through T. Images are
 NHWC in [-1, 1]; each sample draws its own parameters from the key. The
 operations and their ranges are those of the authors' code
-(../shared/reference/seed_methods.md):
+(mit-han-lab/data-efficient-gans, `DiffAugment_pytorch.py`):
 
 * `color`: brightness x + U(-0.5, 0.5); saturation (x - m_c) U(0, 2) + m_c
   with m_c the pixel's mean over channels; contrast (x - m) U(0.5, 1.5) + m
