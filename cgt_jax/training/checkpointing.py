@@ -20,6 +20,7 @@ the signal came, or before the next stage when it came between stages.
 import pathlib
 import shutil
 import signal
+from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -141,12 +142,7 @@ class StageCheckpoints:
 
   def latest_step_on_disk(self):
     """The newest complete 'latest' step folder (None: none)."""
-    steps = [
-        int(p.name)
-        for p in (self.directory / 'latest').glob('*')
-        if p.name.isdigit()
-    ]
-    return max(steps, default=None)
+    return newest_step_on_disk(self.directory)
 
   def restore_best(self, target):
     """`(step, state)` of the best checkpoint, or None without one."""
@@ -224,6 +220,18 @@ class Preemption:
     if self._handling:
       signal.signal(signal.SIGTERM, self._previous)
       self._handling = False
+
+
+def newest_step_on_disk(directory) -> Optional[int]:
+  """The newest complete 'latest' checkpoint under a stage's `checkpoints`
+  folder, from the file system alone (orbax names a finished write by its
+  step; unfinished ones carry a suffix); None: none."""
+  steps = [
+      int(p.name)
+      for p in (pathlib.Path(directory) / 'latest').glob('*')
+      if p.name.isdigit()
+  ]
+  return max(steps, default=None)
 
 
 def _nbytes(state) -> int:

@@ -29,6 +29,7 @@ import json
 import pathlib
 import time
 
+from cgt_jax.training import checkpointing
 from cgt_jax.transfer import stages as stages_lib
 
 CONFIG_FILE = 'config.json'
@@ -68,12 +69,7 @@ def stage_progress(stage_dir: pathlib.Path):
   summary = stage_dir / 'summary.json'
   if summary.exists():
     return json.loads(summary.read_text())['steps'], True
-  steps = [
-      int(p.name)
-      for p in (stage_dir / 'checkpoints' / 'latest').glob('*')
-      if p.name.isdigit()
-  ]
-  return max(steps, default=None), False
+  return checkpointing.newest_step_on_disk(stage_dir / 'checkpoints'), False
 
 
 def _resumed(workdir: pathlib.Path, stages) -> set:
