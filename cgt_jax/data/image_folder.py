@@ -14,7 +14,6 @@ import hashlib
 import os
 import pathlib
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ from absl import logging
 from PIL import Image
 
 from cgt_jax.data import datasets
+from cgt_jax.runtime import atomic_dir
 from cgt_jax.runtime import cache_dir
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -88,11 +88,7 @@ def decoded_cache(paths: list[pathlib.Path], resolution: int,
   if file.is_file():
     return np.load(file)
   images = _decode_all(paths, resolution)
-  file.parent.mkdir(parents=True, exist_ok=True)
-  handle, tmp = tempfile.mkstemp(dir=file.parent, suffix='.partial')
-  with os.fdopen(handle, 'wb') as out:
-    np.save(out, images)
-  os.replace(tmp, file)
+  atomic_dir.write_file(file, lambda out: np.save(out, images))
   return images
 
 

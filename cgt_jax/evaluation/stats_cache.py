@@ -15,15 +15,14 @@ file records both again so that a copied or renamed file is still caught:
 
 import dataclasses
 import hashlib
-import os
 import pathlib
-import tempfile
 from typing import Optional
 
 import numpy as np
 
 from cgt_jax.evaluation import features as features_lib
 from cgt_jax.evaluation import metrics
+from cgt_jax.runtime import atomic_dir
 
 # Bump when preprocessing or the file layout changes: old files stop matching.
 CACHE_VERSION = 2  # 2: labels beside the features
@@ -82,7 +81,6 @@ def cache_path(cache_dir, dataset_hash: str,
 def save(path, stats: ReferenceStats) -> None:
   """Writes `stats` atomically (temporary file in the same directory)."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   arrays = dict(
       mu=stats.mu,
       sigma=stats.sigma,
@@ -92,10 +90,7 @@ def save(path, stats: ReferenceStats) -> None:
   if stats.features is not None:
     arrays['features'] = stats.features
     arrays['labels'] = stats.labels
-  handle, tmp = tempfile.mkstemp(dir=path.parent, suffix='.partial')
-  with os.fdopen(handle, 'wb') as file:
-    np.savez(file, **arrays)
-  os.replace(tmp, path)
+  atomic_dir.write_file(path, lambda file: np.savez(file, **arrays))
 
 
 def load(path) -> ReferenceStats:

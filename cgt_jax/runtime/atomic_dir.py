@@ -1,4 +1,5 @@
-"""Directories written whole or not at all, never at the cost of a user's files.
+"""Directories and files written whole or not at all, never at the cost of a
+user's files.
 
 A writer fills a staging directory, a hidden sibling named for this write
 alone (`.NAME.staging-<random token>`, created exclusively: never a folder
@@ -17,6 +18,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import tempfile
 from typing import Optional
 
 import jax
@@ -69,3 +71,19 @@ def commit(staging: pathlib.Path, directory) -> pathlib.Path:
   os.replace(staging, directory)
   shutil.rmtree(backup)
   return directory
+
+
+def write_file(path, write) -> pathlib.Path:
+  """Calls `write(binary file)` on a temporary file beside `path`, then
+  renames it to `path`: readers never see a half-written file."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle, tmp = tempfile.mkstemp(dir=path.parent, suffix='.partial')
+  try:
+    with os.fdopen(handle, 'wb') as file:
+      write(file)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
