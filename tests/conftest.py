@@ -71,3 +71,20 @@ def pytest_sessionfinish(session, exitstatus):
   if _OWNS_CACHES:
     shutil.rmtree(_CACHE, ignore_errors=True)
     shutil.rmtree(_EVAL_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def random_source(tmp_path_factory) -> pathlib.Path:
+  """A saved random source model (G and D) of `tests.test_train.tiny_config`
+  for its 4 source classes: what transfer tests start from when they need
+  a source model but not a pretrained one (pretraining compiles a program
+  of its own)."""
+  # Imported here: importing the test modules before the flags above are
+  # set would initialise jax too early.
+  from cgt_jax.transfer import stages
+  from tests.test_train import SOURCE
+  from tests.test_train import save_models
+  from tests.test_train import tiny_config
+  return save_models(
+      stages.fresh_models(tiny_config(), len(SOURCE)),
+      tmp_path_factory.mktemp('random_source') / 'model')

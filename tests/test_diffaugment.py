@@ -90,8 +90,10 @@ def test_policy_parsing():
 
 
 def test_a_run_with_diffaugment_resumes_exactly_and_differs_from_one_without(
-    tmp_path, monkeypatch):
-  config = tiny_config(pretrain=3, transfer=3)
+    tmp_path, monkeypatch, random_source):
+  config = tiny_config(transfer=3)
+  config.stages = ('transfer',)
+  config.source_checkpoint = str(random_source)
   config.augment = 'color,translation,cutout'
   whole = loop.train_and_evaluate(config, tmp_path / 'whole')
   with monkeypatch.context() as patch:

@@ -30,7 +30,6 @@ from cgt_jax.transfer import methods
 from cgt_jax.transfer import stages
 from cgt_jax.transfer import surgery
 from tests import reference_cases as rc
-from tests.test_train import save_models
 from tests.test_train import tiny_config
 from tests.test_train import transfer_spec
 
@@ -79,11 +78,9 @@ FREEZED_FROZEN_D = ('block_0/', 'block_1/')  # method_options.frozen_d_blocks=2
 
 
 @pytest.fixture(scope='module')
-def source_dir(tmp_path_factory):
+def source_dir(random_source):
   """A saved random 4-class source model (G and D)."""
-  return save_models(
-      stages.fresh_models(tiny_config(), NUM_SOURCE),
-      tmp_path_factory.mktemp('source') / 'model')
+  return random_source
 
 
 def method_config(method, **options):

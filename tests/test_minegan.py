@@ -54,11 +54,9 @@ def minegan_config(**options):
 
 
 @pytest.fixture(scope='module')
-def source_dir(tmp_path_factory):
+def source_dir(random_source):
   """A saved random 4-class source model (G and D)."""
-  return save_models(
-      stages.fresh_models(tiny_config(), NUM_SOURCE),
-      tmp_path_factory.mktemp('source') / 'model')
+  return random_source
 
 
 def flat(tree):
