@@ -51,9 +51,11 @@ def _config_flags(workdir, steps: int) -> list:
       'pretrain.g_lr': LEARNING_RATE,
       'pretrain.d_lr': LEARNING_RATE,
       'eval.final': False,
+      'augment': '',  # --config.augment= : DiffAugment off
   }
   overrides = [f'--config.{k}={v}' for k, v in values.items()]
-  return ['--config=configs/demo.py', f'--workdir={workdir}'] + overrides
+  config = '--config=configs/demo.py:scratch'
+  return [config, f'--workdir={workdir}'] + overrides
 
 
 def _environment(devices: int) -> dict:

@@ -1,11 +1,12 @@
 """The Colab notebook: committed clean, and run top to bottom on the CPU.
 
 The run replaces the notebook's `parameters` cell with a tiny setting (the
-demo shrunk as in test_train.tiny_config) and executes every cell in a real
-Jupyter kernel, so a notebook cell that no longer matches the library fails
-here rather than in a user's Colab.
+demo's transfer from its shipped source model, on few images and steps)
+and executes every cell in a real Jupyter kernel, so a notebook cell that
+no longer matches the library fails here rather than in a user's Colab.
 """
 
+import json
 import os
 import pathlib
 import re
@@ -16,10 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cgt_jax.data import synthetic
+from configs import demo
+
 NOTEBOOK = (
     pathlib.Path(__file__).parent.parent / 'notebooks' / 'cgt_jax_colab.ipynb')
-SOURCE = ('red_square', 'green_disc', 'blue_cross', 'yellow_ring')
-TARGET = ('red_disc', 'green_square')
+SOURCE, TARGET = synthetic.source_and_target_names()  # the shipped model's
 # Two fake CPU devices: the batch really is split, at a fraction of the
 # compile time of the suite's eight.
 KERNEL_ENV = {
@@ -39,12 +42,10 @@ def tiny_parameters(tmp_path, eval_cache) -> dict:
       'IMAGES_PER_CLASS': 4,
       'TRANSFER_STEPS': 2,
       'BATCH_SIZE': 8,
+      'DEMO_SOURCE': 'shipped',
       'PRETRAIN_STEPS': 2,
       'CHANNELS': 2,
       'OVERRIDES': {
-          'model.dim_z': 16,
-          'data.source_classes': SOURCE,
-          'data.target_classes': TARGET,
           'data.synthetic_images_per_class': 8,
           'sample.columns': 2,
           'eval.num_samples': 16,
@@ -127,16 +128,19 @@ def test_notebook_shards_the_batch_over_the_devices(executed):
   assert '2 device(s), 4 samples each a step' in text
 
 
-def test_notebook_trains_source_and_transfer_stages(executed):
+def test_notebook_transfers_from_the_shipped_source(executed):
   notebook, workdir = executed
-  for stage in ('pretrain', 'transfer'):
-    assert (workdir / stage / 'summary.json').is_file()
-    assert list((workdir / stage / 'samples').glob('step_*.png'))
+  assert not (workdir / 'pretrain').exists()
+  run_config = json.loads((workdir / 'config.json').read_text())
+  assert run_config['source_checkpoint'] == str(demo.SHIPPED_SOURCE)
+  assert list((workdir / 'transfer' / 'samples').glob('step_*.png'))
   assert (workdir / 'transfer' / 'model' / 'architecture.json').is_file()
   text = text_outputs(notebook)
+  assert f'source model: {demo.SHIPPED_SOURCE}' in text
   assert 'transfer: 2 steps' in text
-  # Two sample grids, the metric plot, the heatmaps and the pseudo-classes.
-  assert png_outputs(notebook) == 5
+  # The transfer's grid, the metric plot, the heatmaps and the
+  # pseudo-classes.
+  assert png_outputs(notebook) == 4
 
 
 def test_notebook_writes_similarity_scores_and_heatmaps(executed):
@@ -152,7 +156,10 @@ def test_notebook_writes_similarity_scores_and_heatmaps(executed):
   for name in TARGET:
     assert f'{name} borrows most from' in text
   heatmaps = Image.open(workdir / 'analysis' / 'similarity.png')
-  assert heatmaps.height > heatmaps.width  # a row of two per layer
+  # A row of two heatmaps per layer (new classes x source classes), sized
+  # by visualize.similarity_heatmaps, saved at 100 dpi.
+  assert heatmaps.size == (round(100 * 2 * (2 + 0.16 * len(SOURCE))),
+                           round(100 * len(LAYERS) * (0.8 + 0.2 * len(TARGET))))
 
 
 def test_notebook_draws_a_pseudo_class_row_per_borrowed_source(executed):

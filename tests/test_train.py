@@ -32,8 +32,9 @@ TARGET = ['red_disc', 'green_square']
 
 def tiny_config(**stage_steps):
   """A 32 px BigGAN with 8 channels on 6 synthetic classes."""
-  config = demo.get_config()
+  config = demo.get_config('scratch')
   config.stages = ('pretrain', 'transfer')
+  config.augment = ''  # the DiffAugment tests switch it on
   config.model.g_ch = config.model.d_ch = 2
   config.model.dim_z = 16
   config.data.source_classes = tuple(SOURCE)
@@ -61,6 +62,25 @@ def tiny_config(**stage_steps):
 
 def flat(tree):
   return traverse_util.flatten_dict(jax.device_get(tree), sep='/')
+
+
+def test_demo_starts_from_the_shipped_source_one_switch_from_scratch():
+  config = demo.get_config()
+  assert config.source_checkpoint == str(demo.SHIPPED_SOURCE)
+  plan = stages.resolve(config)
+  assert 'pretrain' not in plan.stages  # a source model skips pretraining
+  generator, discriminator, variables = model_io.load(demo.SHIPPED_SOURCE)
+  assert generator.num_classes == len(config.data.source_classes) == 48
+  assert (generator.ch, generator.dim_z) == (config.model.g_ch,
+                                             config.model.dim_z)
+  assert discriminator is not None and 'discriminator' in variables
+  scratch = demo.get_config('scratch')
+  assert scratch.source_checkpoint == ''
+  assert stages.resolve(scratch).stages[0] == 'pretrain'
+  recipe = demo.get_config('source')
+  assert recipe.stages == ('pretrain',) and recipe.pretrain.ema_decay > 0
+  with pytest.raises(ValueError, match='configs/demo.py:scratch'):
+    demo.get_config('scratchh')
 
 
 def test_demo_pipeline_runs_and_exports_every_stage(tmp_path, eval_cache):
@@ -424,10 +444,14 @@ def test_ema_generator_is_exported_and_evaluated(tmp_path, eval_cache):
   stage = tmp_path / 'pretrain'
   _, _, model = model_io.load(stage / 'model')
   generator, discriminator, ema = model_io.load(stage / 'model_ema')
-  assert discriminator is None  # the EMA is of G only
+  # The EMA of G, with the stage's D: a source model like `model`.
+  assert discriminator is not None
   a, b = flat(model['generator']), flat(ema['generator'])
   assert a.keys() == b.keys()
   assert not all(np.array_equal(a[k], b[k]) for k in a)
+  d_final, d_ema = flat(model['discriminator']), flat(ema['discriminator'])
+  for key, value in d_final.items():
+    np.testing.assert_array_equal(d_ema[key], value, err_msg=key)
   summary = json.loads((stage / 'summary.json').read_text())
   final = {
       k: v

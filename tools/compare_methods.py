@@ -9,7 +9,10 @@ Each method (a method or variant name, or the groups `baselines`, `table2`,
 `all`) runs the transfer stage from one source model in DIR/<method>; the
 table goes to DIR/comparison.md (and is printed), with DIR/comparison.json,
 DIR/comparison.png and DIR/samples.png beside it. What runs and how:
-`cgt_jax.experiments.compare`. A rerun skips finished runs and resumes an
+`cgt_jax.experiments.compare`. With --seeds=0,1,2 every method runs once
+per seed from one shared source (DIR/seed_<s>/<method>) and the table gives
+means with 95% intervals and the evaluator's own noise
+(`cgt_jax.experiments.seeds`). A rerun skips finished runs and resumes an
 interrupted one.
 
 An unknown method, a bad config or data, a diverged source model and a
@@ -23,6 +26,7 @@ from absl import flags
 
 from cgt_jax.evaluation import comparison
 from cgt_jax.experiments import compare
+from cgt_jax.experiments import seeds as seeds_lib
 from cgt_jax.runtime import cli
 from cgt_jax.training import loop
 from cgt_jax.transfer import methods
@@ -60,15 +64,49 @@ def _flags(argv: list) -> flags.FlagValues:
       'The method whose best value is the quality of the time-to-quality '
       'column (first iteration reaching it, x sooner than the baseline)',
       flag_values=values)
+  flags.DEFINE_list(
+      'seeds', [],
+      'Run every method once per seed (e.g. 0,1,2) from one shared source '
+      'model and report means with 95%% intervals (cgt_jax.experiments.'
+      'seeds); empty: one run per method with --config.seed',
+      flag_values=values)
+  flags.DEFINE_integer(
+      'noise_draws',
+      5, 'With --seeds: latent draws of one checkpoint that measure the '
+      "evaluator's own noise (0: not measured)",
+      lower_bound=0,
+      flag_values=values)
   return values
 
 
-def _run(args) -> int:
-  # Names first: a typo fails before any training starts.
-  names = methods.names_of(args.methods)
+def _seeds(text_values) -> list:
   try:
-    text = compare.compare_methods(args.config, args.workdir, names,
-                                   args.quality_baseline)
+    seeds = [int(value) for value in text_values]
+  except ValueError:
+    raise ValueError(f'--seeds={",".join(text_values)}: give whole numbers, '
+                     'e.g. --seeds=0,1,2') from None
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f'--seeds={",".join(text_values)} repeats a seed: give '
+                     'each once')
+  return seeds
+
+
+def _compare(args, names) -> str:
+  if args.seeds:
+    return seeds_lib.compare_over_seeds(args.config, args.workdir, names,
+                                        _seeds(args.seeds),
+                                        args.quality_baseline, args.noise_draws)
+  return compare.compare_methods(args.config, args.workdir, names,
+                                 args.quality_baseline)
+
+
+def _run(args) -> int:
+  # Names and seeds first: a typo fails before any training starts.
+  names = methods.names_of(args.methods)
+  if args.seeds:
+    _seeds(args.seeds)
+  try:
+    text = _compare(args, names)
   except loop.Preempted as stop:
     print(stop, file=sys.stderr)
     return loop.PREEMPTED_STATUS  # the same command resumes

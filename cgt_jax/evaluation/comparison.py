@@ -16,6 +16,8 @@ from typing import Optional
 # draws headless.
 from matplotlib import figure as mpl_figure
 
+from cgt_jax.evaluation import intervals
+
 # Metrics where a larger value is better; every other one is a distance.
 HIGHER_IS_BETTER = ('is', 'class_accuracy')
 
@@ -97,14 +99,39 @@ def table(curves: list, metric: str) -> str:
   return '\n'.join(lines)
 
 
-def plot(curves: list, metric: str, path: pathlib.Path, title: str):
-  """Metric vs iteration, a line per run, the best point of each marked.
+def _mark_best(axes, steps, values, metric, color):
+  best = RunCurve('', steps, values, None).best_index(metric)
+  axes.plot(
+      steps[best],
+      values[best],
+      marker='*',
+      markersize=14,
+      color=color,
+      linestyle='none')
 
-  The y axis is logarithmic when the values span more than a factor of 5
-  (a collapsed baseline would otherwise flatten every other curve).
-  """
+
+def _finish(figure, axes, values, metric, title, path):
+  """Log y axis when the values span more than a factor of 5 (a collapsed
+  baseline would otherwise flatten every other curve); labels; saved."""
+  if min(values) > 0 and max(values) > 5 * min(values):
+    axes.set_yscale('log')
+  axes.set_xlabel('iteration')
+  axes.set_ylabel(metric)
+  axes.set_title(title)
+  axes.grid(alpha=0.3, which='both')
+  axes.legend(fontsize='small')
+  figure.tight_layout()
+  figure.savefig(path)
+
+
+def _figure():
   figure = mpl_figure.Figure(figsize=(6.4, 4.0), dpi=100)
-  axes = figure.subplots()
+  return figure, figure.subplots()
+
+
+def plot(curves: list, metric: str, path: pathlib.Path, title: str):
+  """Metric vs iteration, a line per run, the best point of each marked."""
+  figure, axes = _figure()
   markers = 'o^sDvP<>X'
   for i, curve in enumerate(curves):
     lead = [curve.lead_in] if curve.lead_in else []
@@ -115,24 +142,46 @@ def plot(curves: list, metric: str, path: pathlib.Path, title: str):
         markersize=4,
         linestyle='-' if i % 2 == 0 else '--',  # overlapping curves
         label=curve.name)
-    best = curve.best_index(metric)
-    axes.plot(
-        curve.steps[best],
-        curve.values[best],
-        marker='*',
-        markersize=14,
-        color=line.get_color(),
-        linestyle='none')
-  values = [v for curve in curves for v in curve.values]
-  if min(values) > 0 and max(values) > 5 * min(values):
-    axes.set_yscale('log')
-  axes.set_xlabel('iteration')
-  axes.set_ylabel(metric)
-  axes.set_title(f'{title}: {metric} (best marked *)')
-  axes.grid(alpha=0.3, which='both')
-  axes.legend(fontsize='small')
-  figure.tight_layout()
-  figure.savefig(path)
+    _mark_best(axes, curve.steps, curve.values, metric, line.get_color())
+  _finish(figure, axes, [v for curve in curves for v in curve.values], metric,
+          f'{title}: {metric} (best marked *)', path)
+
+
+def plot_bands(groups: dict, metric: str, path: pathlib.Path, title: str):
+  """Metric vs iteration over several seeds: per method (`groups`: name ->
+  its RunCurves, one per seed) the mean curve and its 95% interval as a
+  band, at the iterations every seed evaluated; the best mean marked. A
+  method whose seeds share no iteration (kp_finetune starts at each seed's
+  kp best) is drawn as its seeds' thin lines instead."""
+  figure, axes = _figure()
+  everything = []
+  for i, (name, curves) in enumerate(groups.items()):
+    steps, means, lows, highs = intervals.band(curves)
+    if not steps:
+      color = f'C{i % 10}'
+      for index, curve in enumerate(curves):
+        axes.plot(
+            curve.steps,
+            curve.values,
+            linewidth=0.8,
+            color=color,
+            label=f'{name} (each seed)' if index == 0 else None)
+        everything += curve.values
+      continue
+    line, = axes.plot(
+        steps,
+        means,
+        marker='o',
+        markersize=3,
+        color=f'C{i % 10}',
+        linestyle='-' if i % 2 == 0 else '--',
+        label=f'{name} ({len(curves)} seeds)')
+    axes.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2)
+    _mark_best(axes, steps, means, metric, line.get_color())
+    everything += lows + highs
+  if everything:
+    _finish(figure, axes, everything, metric,
+            f'{title}: mean {metric}, 95% band (*: best)', path)
 
 
 def compare(run_dirs, stage='transfer', metric=None, out='.') -> str:

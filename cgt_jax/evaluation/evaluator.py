@@ -60,6 +60,12 @@ class StageEvaluator:
     self._generate = jax.jit(
         lambda v, z, y: steps.generate(self.generator, v, z, y))
 
+  def redrawn(self, seed: int) -> 'StageEvaluator':
+    """The same evaluator with another draw of its latents (the labels stay):
+    what `evaluation.noise` re-evaluates one checkpoint with."""
+    return dataclasses.replace(
+        self, z=jax.random.normal(jax.random.key(seed), self.z.shape))
+
   def samples(self, g_variables) -> np.ndarray:
     """uint8 `[n, H, W, 3]` samples in eval mode, generated in batches."""
     g_variables = jax.device_put(

@@ -74,10 +74,13 @@ def _runs_pretraining(config) -> bool:
   return 'pretrain' in config.stages and not config.source_checkpoint
 
 
-def evaluate(workdir, stage=None, num_samples=None, inception_dir=None):
-  """Evaluates `stage` of `workdir`; returns `(stage, metrics dict)`."""
-  workdir = pathlib.Path(workdir).absolute()
-  stage = _stage(workdir, stage)
+def stage_evaluator(workdir: pathlib.Path,
+                    stage: str,
+                    num_samples=None,
+                    inception_dir=None,
+                    model: str = 'model'):
+  """`(evaluator, generator variables)` of an exported model of a finished
+  stage (`model`: 'model' or 'model_best'), evaluated as in training."""
   config = load_config(workdir, num_samples, inception_dir)
   summary = json.loads((workdir / stage / 'summary.json').read_text())
   pretrain = stage == 'pretrain'
@@ -91,12 +94,22 @@ def evaluate(workdir, stage=None, num_samples=None, inception_dir=None):
       need_source=need_source,
       resolution=config.model.resolution,
       target_first_label=None if pretrain else first_label)
-  generator, _, variables = model_io.load(workdir / stage / 'model')
-  start = time.perf_counter()
+  generator, _, variables = model_io.load(workdir / stage / model)
   evaluate_fn = evaluator_lib.make(config, generator,
                                    data.source if pretrain else data.target,
                                    data, parallel.make_mesh())
-  metrics = evaluate_fn(variables['generator'])
+  return evaluate_fn, variables['generator']
+
+
+def evaluate(workdir, stage=None, num_samples=None, inception_dir=None):
+  """Evaluates `stage` of `workdir`; returns `(stage, metrics dict)`."""
+  workdir = pathlib.Path(workdir).absolute()
+  stage = _stage(workdir, stage)
+  start = time.perf_counter()
+  evaluate_fn, g_variables = stage_evaluator(workdir, stage, num_samples,
+                                             inception_dir)
+  config = load_config(workdir, num_samples, inception_dir)
+  metrics = evaluate_fn(g_variables)
   record = {
       'stage': stage,
       'num_samples': config.eval.num_samples,

@@ -27,7 +27,9 @@ Table 1 (and, with --methods=table2, its Table 2 ablation) on your data.
    new class, stacked, samples enlarged).
 
 A method that diverges becomes a row saying so; the others still run. A
-rerun skips finished runs and resumes an interrupted one.
+rerun skips finished runs and resumes an interrupted one. Several seeds
+(`--seeds=0,1,2`): `cgt_jax.experiments.seeds`, one `run_comparison` per
+seed.
 """
 
 import copy
@@ -61,7 +63,7 @@ class MethodRun:
 SOURCE_FOLDERS = {True: 'source', False: 'source_unconditional'}
 
 
-def _form(conditional: bool) -> str:
+def form(conditional: bool) -> str:
   return 'conditional' if conditional else 'unconditional'
 
 
@@ -116,7 +118,7 @@ def run_method(name, config, workdir, sources, done) -> MethodRun:
       done[base] = run_method(base, config, workdir, sources, done)
     if done[base].error:
       return MethodRun(name, workdir / name, [], f'{base}: {done[base].error}',
-                       done[base].loss, _form(conditional))
+                       done[base].loss, form(conditional))
     run.source_checkpoint = str(
         loop.finetune_start(done[base].stage_dirs[0] / 'model',
                             config.finetune.start_from))
@@ -130,13 +132,13 @@ def run_method(name, config, workdir, sources, done) -> MethodRun:
     loop.train_and_evaluate(run, workdir / name)
   except loop.TrainingDiverged as error:
     return MethodRun(name, workdir / name, [], f'diverged: {error}', plan.loss,
-                     _form(conditional))
+                     form(conditional))
   return MethodRun(
       name,
       workdir / name,
       stage_dirs,
       loss=plan.loss,
-      source=_form(conditional),
+      source=form(conditional),
       own_from=own_from)
 
 
@@ -355,6 +357,68 @@ def samples_figure(runs, path, columns: int):
   return path
 
 
+def write_report(workdir, text: str, config, start: float, report: dict):
+  """comparison.md (`text`) and comparison.json (`report` with the fields
+  every comparison records) in `workdir`."""
+  (workdir / 'comparison.md').write_text(text + '\n')
+  report = {
+      **report, 'reference': evaluator.reference_name(config),
+      'augment': config.get('augment', ''),
+      'total_seconds': round(time.perf_counter() - start, 1)
+  }
+  (workdir / 'comparison.json').write_text(json.dumps(report, indent=1))
+
+
+@dataclasses.dataclass
+class Comparison:
+  """What one comparison (one seed) ran and found."""
+  runs: list  # MethodRun per name, in order
+  rows: list  # `summarise`'s table rows
+  curves: list  # RunCurve of each finished run
+  quality: dict  # `add_time_to_quality`'s result, or None
+  metric: str
+  text: str  # the markdown table and its notes
+
+
+def metric_of(config) -> str:
+  return config.eval.best_metric or ('fid' if config.eval.inception_dir else
+                                     'domain_fd')
+
+
+def run_comparison(config, workdir, names, quality_baseline,
+                   sources) -> Comparison:
+  """Runs every method in `names` from `sources` in `workdir` and writes
+  the comparison files there."""
+  start = time.perf_counter()
+  workdir.mkdir(parents=True, exist_ok=True)
+  done = {}
+  for name in names:
+    if name not in done:
+      done[name] = run_method(name, config, workdir, sources, done)
+  runs = [done[n] for n in names]
+  metric = metric_of(config)
+  rows, curves = summarise(runs, metric)
+  quality = add_time_to_quality(rows, curves, metric, quality_baseline)
+  text = table(rows, metric, quality) + (
+      f'\n\nMetrics against {evaluator.reference_name(config)} of the new '
+      f'classes. DiffAugment: {config.get("augment") or "off"}.')
+  write_report(
+      workdir, text, config, start, {
+          'metric': metric,
+          'seed': config.seed,
+          'sources': {
+              form(k): v for k, v in sources.made().items()
+          },
+          'rows': rows,
+          'time_to_quality': quality,
+      })
+  if curves:
+    comparison.plot(curves, metric, workdir / 'comparison.png',
+                    'new classes by method')
+  samples_figure(runs, workdir / 'samples.png', config.sample.columns)
+  return Comparison(runs, rows, curves, quality, metric, text)
+
+
 def compare_methods(config, workdir, names, quality_baseline='bsa') -> str:
   """Runs every method in `names`; writes and returns the table.
 
@@ -362,37 +426,5 @@ def compare_methods(config, workdir, names, quality_baseline='bsa') -> str:
   time-to-quality column (none when it is not among `names`).
   """
   workdir = pathlib.Path(workdir).absolute()
-  start = time.perf_counter()
-  sources = Sources(config, workdir)
-  done = {}
-  for name in names:
-    if name not in done:
-      done[name] = run_method(name, config, workdir, sources, done)
-  runs = [done[n] for n in names]
-  metric = config.eval.best_metric or ('fid' if config.eval.inception_dir else
-                                       'domain_fd')
-  rows, curves = summarise(runs, metric)
-  quality = add_time_to_quality(rows, curves, metric, quality_baseline)
-  text = table(rows, metric, quality) + (
-      f'\n\nMetrics against {evaluator.reference_name(config)} of the new '
-      f'classes. DiffAugment: {config.get("augment") or "off"}.')
-  (workdir / 'comparison.md').write_text(text + '\n')
-  (workdir / 'comparison.json').write_text(
-      json.dumps(
-          {
-              'metric': metric,
-              'sources': {
-                  _form(k): v for k, v in sources.made().items()
-              },
-              'rows': rows,
-              'time_to_quality': quality,
-              'reference': evaluator.reference_name(config),
-              'augment': config.get('augment', ''),
-              'total_seconds': round(time.perf_counter() - start, 1)
-          },
-          indent=1))
-  if curves:
-    comparison.plot(curves, metric, workdir / 'comparison.png',
-                    'new classes by method')
-  samples_figure(runs, workdir / 'samples.png', config.sample.columns)
-  return text
+  return run_comparison(config, workdir, names, quality_baseline,
+                        Sources(config, workdir)).text

@@ -8,7 +8,7 @@ Workdir layout (one folder per stage):
     WORKDIR/<stage>/samples/best.png              ... at the best evaluation
     WORKDIR/<stage>/model/                        the stage's exported models
     WORKDIR/<stage>/model_best/                   ... at its best evaluation
-    WORKDIR/<stage>/model_ema/                    the EMA generator (EMA on)
+    WORKDIR/<stage>/model_ema/                    the EMA generator and D (EMA on)
     WORKDIR/<stage>/summary.json                  steps, wall time, metrics
     WORKDIR/<stage>/events.out.tfevents.*         TensorBoard scalars/images
 
@@ -396,8 +396,15 @@ def _export(run, state, metrics, seconds, best, previous_model):
     _save_models(spec, stage_dir / 'model_best', best[1])
   ema = {}
   if state.g_ema:
+    # With the stage's D, so that it is a source model like `model` (what
+    # BigGAN-PyTorch pairs too: G_ema with D).
     model_io.save(
-        stage_dir / 'model_ema', generator_arch, state.g_ema, overwrite=True)
+        stage_dir / 'model_ema',
+        generator_arch,
+        state.g_ema,
+        model_io.module_arch(spec.discriminator),
+        state.d_variables(),
+        overwrite=True)
     if run.evaluate is not None:
       ema = {'final_eval_ema': run.evaluate(state.g_ema)}
   if jax.process_index() == 0:
