@@ -617,8 +617,16 @@ def gflop_per_iteration(setup: Setup, ch: int) -> float:
 # ------------------------------------------------------------------ main ---
 
 
+def _synchronize():
+  """Waits for queued GPU work (CUDA runs asynchronously), so that a timer
+  read afterwards covers it."""
+  if torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch.cuda.synchronize()
+
+
 def measure(stage: str, ch: int, batch: int, steps: int, warmup: int,
             seed: int) -> Dict[str, object]:
+  """Times `steps` iterations on torch's default device (`main` sets it)."""
   torch.manual_seed(seed)
   setup = make_setup(stage, batch)
   nets = build(setup, ch)
@@ -629,8 +637,10 @@ def measure(stage: str, ch: int, batch: int, steps: int, warmup: int,
     iteration(nets, setup, images, labels, index)
   seconds = []
   for index in range(warmup, warmup + steps):
+    _synchronize()
     start = time.perf_counter()
     iteration(nets, setup, images, labels, index)
+    _synchronize()
     seconds.append(time.perf_counter() - start)
   per_iteration = sum(seconds) / len(seconds)
   gflop = gflop_per_iteration(setup, ch)
@@ -638,6 +648,7 @@ def measure(stage: str, ch: int, batch: int, steps: int, warmup: int,
   return {
       'stage': stage,
       'torch': torch.__version__,
+      'device': str(images.device),
       'threads': torch.get_num_threads(),
       'batch': f'{batch} x {n // batch} D chunks',
       's_per_iteration': per_iteration,
@@ -670,6 +681,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--ch', type=int, default=64, help='G_ch = D_ch')
   parser.add_argument('--batch', type=int, default=50)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument(
+      '--device',
+      default='cpu',
+      help="torch device to run on, e.g. 'cuda' (a CUDA build of torch)")
   return parser.parse_args(argv)
 
 
@@ -677,6 +692,8 @@ def main(argv=None):
   args = parse_args(argv)
   if args.threads:
     torch.set_num_threads(args.threads)
+  # Every module and tensor the twin makes lands there.
+  torch.set_default_device(args.device)
   print_table(
       measure(args.stage, args.ch, args.batch, args.steps, args.warmup,
               args.seed))

@@ -65,7 +65,14 @@ def get_config() -> ml_collections.ConfigDict:
   # A model directory (tools/convert_biggan.py output or WORKDIR/pretrain/
   # model of an earlier run); when set, 'pretrain' is skipped.
   config.source_checkpoint = ''
-  config.dtype = 'float32'  # 'bfloat16' for accelerators
+  # 'bfloat16': convolutions, matmuls and activations in bfloat16 on
+  # accelerators; parameters, optimizer state, BN statistics, spectral-norm
+  # vectors and losses stay float32 (docs/PERFORMANCE.md, "Precision").
+  config.dtype = 'float32'
+  # Recompute every G and D block's activations in the backward pass
+  # (`jax.checkpoint` per block): about a third more compute for a fraction
+  # of the activation memory (docs/PERFORMANCE.md, "Memory").
+  config.remat = False
 
   # How the transfer stage learns the new classes (cgt_jax/transfer/methods.py):
   # 'kp' (ours), a baseline ('scratch', 'transfergan', 'freezed', 'bsa',

@@ -141,6 +141,9 @@ class Generator(nn.Module):
       (`kp.variant_for(shared_dim)`), `minegan.Miners` (MineGAN: a
       module in front of G) or `hypermod.Modulation` (Hyper-Modulation:
       class-modulated block convolutions).
+    remat: recompute each block's activations in the backward pass instead
+      of keeping them (`jax.checkpoint` per block): less memory for about
+      one more forward; a run-time choice, not saved with the model.
   """
   resolution: int
   num_classes: int
@@ -156,6 +159,7 @@ class Generator(nn.Module):
   new_classes: Any = kp.KPOptions()
   bottom_width: int = 4
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @property
   def num_labels(self) -> int:
@@ -221,7 +225,7 @@ class Generator(nn.Module):
     attention = layers.attention_positions(resolutions, self.attention)
     for i, out_channels in enumerate(outs):
       z_chunk = chunks[i + 1] if self.hier else None
-      h = GBlock(
+      h = _maybe_remat(GBlock, self.remat)(
           out_channels,
           bn,
           self.sn_eps,
@@ -282,6 +286,14 @@ class Generator(nn.Module):
         dtype=self.dtype)
 
 
+def _maybe_remat(block, remat: bool):
+  """`block`, or with `remat` its `nn.remat`, `train` a static argument."""
+  if not remat:
+    return block
+  # static_argnums counts the module itself as argument 0.
+  return nn.remat(block, static_argnums=_TRAIN_ARGNUM[block])
+
+
 def _partial(cls, **kwargs):
   """functools.partial for a linen Module class (keeps `name=` overridable)."""
   return lambda name: cls(name=name, **kwargs)
@@ -318,6 +330,10 @@ class DBlock(nn.Module):
     return h + x
 
 
+# Position of `train` in each block's `__call__` (the module is 0).
+_TRAIN_ARGNUM = {GBlock: (5,), DBlock: (2,)}
+
+
 class Discriminator(nn.Module):
   """BigGAN projection discriminator: `linear(h) + <embed(y), h>`.
 
@@ -345,6 +361,7 @@ class Discriminator(nn.Module):
   weights_init: str = 'N02'
   sn_eps: float = 1e-8
   dtype: Any = jnp.float32
+  remat: bool = False  # as the generator's
 
   @nn.compact
   def __call__(self,
@@ -363,7 +380,7 @@ class Discriminator(nn.Module):
     attention = layers.attention_positions(resolutions, self.attention)
     h = x
     for i, out_mult in enumerate(outs):
-      h = DBlock(
+      h = _maybe_remat(DBlock, self.remat)(
           out_mult * self.ch,
           downsample[i],
           i > 0,

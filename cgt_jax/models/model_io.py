@@ -105,8 +105,8 @@ def module_arch(module) -> dict:
       value = _form_dict(value)
     elif isinstance(value, tuple):
       value = list(value)
-    elif field.name == 'dtype':
-      continue  # a run-time choice, not part of the architecture
+    elif field.name in ('dtype', 'remat'):
+      continue  # run-time choices, not part of the architecture
     arch[field.name] = value
   return arch
 

@@ -33,9 +33,15 @@ class AugmentError(ValueError):
   """An unknown operation in `config.augment`."""
 
 
-def color(x, key):
-  brightness, saturation, contrast = jax.random.uniform(
-      key, (3, x.shape[0], 1, 1, 1))
+def _in_row_order(draws, rows, axis=0):
+  """Per-sample draws made for a batch in its plain order, taken in the
+  order `rows` of the batch being augmented (None: the same order)."""
+  return draws if rows is None else jnp.take(draws, rows, axis=axis)
+
+
+def color(x, key, rows=None):
+  brightness, saturation, contrast = _in_row_order(
+      jax.random.uniform(key, (3, x.shape[0], 1, 1, 1)), rows, axis=1)
   x = x + (brightness - 0.5)
   mean = x.mean(axis=3, keepdims=True)
   x = (x - mean) * (saturation * 2) + mean
@@ -53,26 +59,30 @@ def _shifted_rows(x, shifts):
   return jnp.where(inside[:, :, None, None], gathered, 0)
 
 
-def translation(x, key):
+def translation(x, key, rows=None):
   height, width = x.shape[1:3]
   shift_y = int(height * TRANSLATION_RATIO + 0.5)
   shift_x = int(width * TRANSLATION_RATIO + 0.5)
   key_y, key_x = jax.random.split(key)
-  dy = jax.random.randint(key_y, (x.shape[0],), -shift_y, shift_y + 1)
-  dx = jax.random.randint(key_x, (x.shape[0],), -shift_x, shift_x + 1)
+  dy = _in_row_order(
+      jax.random.randint(key_y, (x.shape[0],), -shift_y, shift_y + 1), rows)
+  dx = _in_row_order(
+      jax.random.randint(key_x, (x.shape[0],), -shift_x, shift_x + 1), rows)
   x = _shifted_rows(x, dy)
   return jnp.swapaxes(_shifted_rows(jnp.swapaxes(x, 1, 2), dx), 1, 2)
 
 
-def cutout(x, key):
+def cutout(x, key, rows=None):
   height, width = x.shape[1:3]
   size_y = int(height * CUTOUT_RATIO + 0.5)
   size_x = int(width * CUTOUT_RATIO + 0.5)
   key_y, key_x = jax.random.split(key)
-  centre_y = jax.random.randint(key_y, (x.shape[0],), 0,
-                                height + (1 - size_y % 2))
-  centre_x = jax.random.randint(key_x, (x.shape[0],), 0,
-                                width + (1 - size_x % 2))
+  centre_y = _in_row_order(
+      jax.random.randint(key_y, (x.shape[0],), 0, height + (1 - size_y % 2)),
+      rows)
+  centre_x = _in_row_order(
+      jax.random.randint(key_x, (x.shape[0],), 0, width + (1 - size_x % 2)),
+      rows)
   top = (centre_y - size_y // 2)[:, None]
   left = (centre_x - size_x // 2)[:, None]
   rows, cols = jnp.arange(height)[None, :], jnp.arange(width)[None, :]
@@ -100,8 +110,12 @@ class Policy:
                          f'a comma-separated subset of {list(OPERATIONS)}')
     return cls(names) if names else None
 
-  def __call__(self, images, key):
+  def __call__(self, images, key, rows=None):
+    """`images` augmented; `rows` (a permutation, see
+    `parallel.batch_order`): the batch's rows are those of the batch the
+    draws are made for, in this order, so that every image gets the same
+    draws whatever the batch's layout over devices."""
     for name, op_key in zip(self.operations,
                             jax.random.split(key, len(self.operations))):
-      images = _FUNCTIONS[name](images, op_key)
+      images = _FUNCTIONS[name](images, op_key, rows)
     return images

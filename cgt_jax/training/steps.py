@@ -24,6 +24,7 @@ the chunks ran) so that a caller can report what it needs: the loop logs
 their means, a replay the last chunk's, as the reference does.
 """
 
+import contextlib
 import functools
 from typing import Optional
 
@@ -56,11 +57,31 @@ def _unrolled_scan(body, carry, inputs):
   return carry, jax.tree_util.tree_map(lambda *o: jnp.stack(o), *outputs)
 
 
+# Set by `unrolled_loops` while a step is traced for its cost analysis.
+_FORCE_UNROLLED = False
+
+
+@contextlib.contextmanager
+def unrolled_loops():
+  """Steps traced inside unroll their chunk loops on every backend.
+
+  For counting, not running: XLA's cost analysis counts a loop body once,
+  whatever its trip count, so the FLOPs of an iteration with scanned chunks
+  come from an unrolled twin (`cgt_jax.experiments.step_timing`).
+  """
+  global _FORCE_UNROLLED
+  before, _FORCE_UNROLLED = _FORCE_UNROLLED, True
+  try:
+    yield
+  finally:
+    _FORCE_UNROLLED = before
+
+
 def _accumulation_loop(body, carry, inputs):
   """The loop over chunks: unrolled on XLA:CPU (see `_unrolled_scan`),
   `lax.scan` elsewhere, where an unrolled loop would only grow the program
   with every accumulation."""
-  if xla_cpu.unrolled_loops_pay():
+  if _FORCE_UNROLLED or xla_cpu.unrolled_loops_pay():
     return _unrolled_scan(body, carry, inputs)
   return jax.lax.scan(body, carry, inputs)
 
@@ -207,13 +228,16 @@ def _d_chunk_loss(d_params,
                   key=None):
   """D's loss of one chunk; fake and real go through D in one call (and
   through the losses' regulariser, if any, in its own calls)."""
-  images = jnp.concatenate([fake, real], axis=0)
-  labels = jnp.concatenate([fake_labels, real_labels], axis=0)
+  # [fake; real] as one batch whose rows stay on their devices.
+  sizes = (fake.shape[0], real.shape[0])
+  images = parallel.concat_batches([fake, real])
+  labels = parallel.concat_batches([fake_labels, real_labels])
   if setup.augment is not None:  # DiffAugment, real and fake alike
-    images = setup.augment(images, jax.random.fold_in(key, 1))
+    images = setup.augment(images, jax.random.fold_in(key, 1),
+                           parallel.batch_order(sizes))
   logits, d_state_after = discriminate_train_mode(setup, d_params, d_state,
                                                   images, labels)
-  d_fake, d_real = jnp.split(logits, [fake.shape[0]], axis=0)
+  d_fake, d_real = parallel.split_batches(logits, sizes)
   loss, terms = setup.losses.discriminator(d_real, d_fake)
   if setup.losses.regularizes_discriminator:
     extra, extra_terms = _d_regularizer(d_params, d_state, setup, fake,

@@ -208,7 +208,8 @@ class StageSpec:
     }
 
 
-def _dtype(config):
+def compute_dtype(config):
+  """The dtype of convolutions, matmuls and activations (`config.dtype`)."""
   return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
 
 
@@ -232,7 +233,7 @@ def fresh_models(config,
       weights_init=m.init,
       bn_eps=m.bn_eps,
       sn_eps=m.sn_eps,
-      dtype=_dtype(config))
+      dtype=compute_dtype(config))
   discriminator = biggan.Discriminator(
       resolution=m.resolution,
       num_classes=num_classes,
@@ -241,7 +242,7 @@ def fresh_models(config,
       weights_init=m.init,
       sn_eps=m.sn_eps,
       projection=projection,
-      dtype=_dtype(config))
+      dtype=compute_dtype(config))
   g_vars, d_vars = methods.fresh_variables(generator, discriminator,
                                            config.seed)
   return methods.Models(generator, discriminator, g_vars, d_vars)
@@ -264,7 +265,7 @@ def _transfer_models(plan, data, previous, stage_dir) -> methods.Models:
   context = methods.BuildContext(
       num_new=num_new,
       seed=config.seed,
-      dtype=_dtype(config),
+      dtype=compute_dtype(config),
       fresh=lambda count: fresh_models(config, count),
       stage_dir=stage_dir)
   source = None
@@ -306,7 +307,7 @@ def _finetune_models(plan, data, previous) -> methods.Models:
         f'{previous} has {models.generator.num_new_classes} new classes but '
         f'config.data.target_classes lists {data.target.num_classes}: '
         'fine-tune with the target classes the model was transferred to')
-  dtype = _dtype(plan.config)
+  dtype = compute_dtype(plan.config)
   return dataclasses.replace(
       models,
       generator=models.generator.clone(dtype=dtype),
@@ -382,9 +383,13 @@ def training_setup(stage: str, plan: Plan, models: methods.Models,
   d_frozen = not all(jax.tree_util.tree_leaves(d_mask))
   g_opt, d_opt = state_lib.optimizers(c, g_mask, d_mask if d_frozen else None,
                                       factors)
+  generator, discriminator = models.generator, models.discriminator
+  if plan.config.get('remat', False):
+    generator = generator.clone(remat=True)
+    discriminator = discriminator.clone(remat=True)
   setup = state_lib.StageSetup(
-      generator=models.generator,
-      discriminator=models.discriminator,
+      generator=generator,
+      discriminator=discriminator,
       g_optimizer=g_opt,
       d_optimizer=d_opt,
       fake_labels=tuple(label_range),

@@ -1,0 +1,89 @@
+"""benchmarks/device_check.sh, the prepared accelerator check, runs end to
+end here with small shapes (so it cannot rot before a device is lent)."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+from cgt_jax.experiments import step_timing
+from cgt_jax.runtime import xla_cpu
+from tests.test_train import tiny_config
+
+_REPO = pathlib.Path(__file__).parents[1]
+
+
+def _load():
+  path = _REPO / 'benchmarks' / 'device_check.py'
+  spec = importlib.util.spec_from_file_location('device_check', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_small_check_runs_end_to_end_with_the_pytorch_twin(tmp_path):
+  pytest.importorskip('torch')
+  # One CPU device, as on a one-GPU machine; tiny programs compile faster
+  # without XLA's optimisation passes (as in the rest of the suite).
+  env = dict(os.environ, XLA_FLAGS='', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
+  run = subprocess.run([
+      'bash',
+      str(_REPO / 'benchmarks' / 'device_check.sh'), '--small',
+      '--twin_device=cpu', f'--out={tmp_path}'
+  ],
+                       capture_output=True,
+                       text=True,
+                       env=env,
+                       check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  rows = json.loads((tmp_path / 'device_check.json').read_text())
+  assert [(r['stage'], r['dtype']) for r in rows] == [('transfer', 'float32'),
+                                                      ('transfer', 'bfloat16'),
+                                                      ('pretrain', 'float32'),
+                                                      ('transfer', 'bfloat16'),
+                                                      ('transfer',
+                                                       'bfloat16 + remat')]
+  for row in rows:
+    assert row['real_images_per_s'] > 0 and row['gflop_per_iteration'] > 0
+    assert row['peak_memory_gib'] > 0
+    assert row['mfu'] == '-'  # a CPU has no peak in the table
+  # The CIFAR rows carry the twin's same-device ratio; ImageNet has no twin.
+  assert all(r['x_pytorch_twin'] > 0 for r in rows[:3])
+  assert all('x_pytorch_twin' not in r for r in rows[3:])
+  table = (tmp_path / 'device_check.md').read_text()
+  assert table == run.stdout.split('\n\n(device_check')[0] + '\n'
+  assert '[5/5] done' in run.stderr  # progress as it goes
+
+
+def test_utilisation_is_against_the_peak_of_the_rows_dtype():
+  check = _load()
+  row = {'dtype': 'bfloat16', 'gflop_per_s': 98900.0}
+  assert check.with_utilisation(row, 'NVIDIA H100 80GB HBM3', 1,
+                                0)['mfu'] == '10.0%'
+  row = {'dtype': 'float32', 'gflop_per_s': 98900.0}
+  assert check.with_utilisation(row, 'NVIDIA H200', 2, 0)['mfu'] == '10.0%'
+  assert check.peak_tflops('NVIDIA H100 PCIe', 'bfloat16') == 756.0
+  assert check.peak_tflops('TPU v5 lite', 'float32') == 197.0
+  assert check.peak_tflops('cpu', 'float32') is None
+  assert check.peak_tflops('cpu', 'float32', override=10.0) == 10.0
+
+
+def test_flops_of_scanned_chunks_count_every_chunk(monkeypatch):
+  """On GPU/TPU the chunk loops are `lax.scan`s, whose body XLA's cost
+  analysis counts once: the table counts an unrolled twin instead."""
+  config = tiny_config()
+  config.transfer.num_d_accumulations = 4
+  unrolled = step_timing.measure(config, 'transfer', 1)['gflop_per_iteration']
+  monkeypatch.setattr(xla_cpu, 'unrolled_loops_pay', lambda: False)
+  counted = []
+  flops = step_timing._flops  # pylint: disable=protected-access
+  monkeypatch.setattr(
+      step_timing, '_flops',
+      lambda costed: counted.append(flops(costed)) or counted[-1])
+  scanned = step_timing.measure(config, 'transfer', 1)['gflop_per_iteration']
+  compiled_scan = counted[0]
+  assert compiled_scan < 0.6 * unrolled * 1e9  # the undercount
+  assert abs(scanned - unrolled) < 0.05 * unrolled
