@@ -11,6 +11,7 @@ import pytest
 
 from cgt_jax.data import pipeline
 from cgt_jax.runtime import parallel
+from cgt_jax.training import checkpointing
 from cgt_jax.training import diffaugment
 from cgt_jax.training import state as state_lib
 from cgt_jax.training import steps
@@ -69,11 +70,6 @@ def analytic_bytes(spec) -> int:
           (d_chunks + g_chunks) * bn_pass + g_chunks * bn_pass)
 
 
-def _abstract(tree, sharding):
-  return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def compiled_step_hlo(spec, mesh) -> str:
   """The compiled sharded train step (state replicated, batch split)."""
   setup = spec.setup
@@ -86,8 +82,8 @@ def compiled_step_hlo(spec, mesh) -> str:
   }
   step = steps.make_train_step(setup, mesh)
   lowered = step.lower(
-      _abstract(state, parallel.replicated(mesh)),
-      _abstract(batch, parallel.data_sharding(mesh)))
+      checkpointing.abstract_like(state, parallel.replicated(mesh)),
+      checkpointing.abstract_like(batch, parallel.data_sharding(mesh)))
   return lowered.compile().as_text()
 
 
