@@ -42,6 +42,11 @@ def stage_config(num_steps: int) -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.sample_every = 1000
   c.eval_every = 0  # 0: no periodic evaluation
+  # What WORKDIR/<stage>/model holds (and the next stage starts from):
+  # 'final', the last step's model (model_best beside it holds the best
+  # evaluation's), or 'best', the best evaluation's (model_final beside it
+  # holds the last step's). The closing summary and summary.json say which.
+  c.export = 'final'
   return c
 
 

@@ -48,6 +48,10 @@ flags.DEFINE_bool(
     'accept_config_changes', False, 'Resume a workdir with settings that '
     'differ from those it started with (refused otherwise: the error lists '
     'the differences); the old ones are kept as config.<time>.json.')
+flags.DEFINE_bool(
+    'verbose', False, "Also show other libraries' INFO lines (JAX's "
+    "backend probing, orbax's saves) and TensorFlow's and XLA's C++ "
+    'banners.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -58,7 +62,8 @@ def main(argv):
       distributed=FLAGS.distributed,
       coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes,
-      process_id=FLAGS.process_id)
+      process_id=FLAGS.process_id,
+      verbose=FLAGS.verbose)
   logging.info('cgt_jax: %d device(s) (%s), %d process(es)', jax.device_count(),
                jax.devices()[0].platform, jax.process_count())
   sys.exit(run(FLAGS.config, FLAGS.workdir, FLAGS.accept_config_changes))

@@ -140,7 +140,7 @@ def test_missing_metric(compare, runs, tmp_path, capsys):
 def test_evaluate_missing_workdir(evaluate, tmp_path, capsys):
   assert evaluate.main(['--workdir', str(tmp_path / 'nope')]) == 2
   err = capsys.readouterr().err
-  assert err.startswith('error: no such workdir')
+  assert err == f'error: {tmp_path / "nope"}: no such directory\n'
 
 
 def test_evaluate_no_finished_stage(evaluate, tmp_path, capsys):

@@ -346,6 +346,7 @@ def pytorch_outputs(variant: str, state: dict, images: np.ndarray) -> dict:
     return {'features': pool3.numpy(), 'logits': logits.numpy()}
 
 
+@pytest.mark.live_oracle
 def test_golden_outputs_match_live_pytorch():
   pytest.importorskip('torchvision.models.inception')
   pytest.importorskip('pytorch_fid.inception')

@@ -20,6 +20,7 @@ from cgt_jax.data import splits
 from cgt_jax.models import model_io
 from cgt_jax.runtime import parallel
 from cgt_jax.transfer import stages
+from cgt_jax.training import checkpointing
 from cgt_jax.training import state as state_lib
 from cgt_jax.training import steps
 from cgt_jax.training import loop
@@ -460,3 +461,23 @@ def test_ema_generator_is_exported_and_evaluated(tmp_path, eval_cache):
   }
   assert summary['final_eval_ema'].keys() == final.keys()
   assert summary['final_eval_ema'] != final  # the EMA G was evaluated
+
+
+def test_a_best_checkpoint_after_the_resumed_step_is_evaluated_again(tmp_path):
+  # A run killed after an evaluation saved a best checkpoint (step 4) but
+  # before its next periodic save resumes from an earlier step (here none)
+  # and evaluates step 4 again: orbax refused to save that step twice.
+  state = {'w': np.arange(3.0, dtype=np.float32)}
+  killed = checkpointing.StageCheckpoints(
+      tmp_path, best_metric='domain_fd', best_mode='min')
+  killed.save_if_best(4, state, {'domain_fd': 7.0})
+  killed.close()
+  resumed = checkpointing.StageCheckpoints(
+      tmp_path, best_metric='domain_fd', best_mode='min')
+  assert resumed.latest_step() is None
+  resumed.forget_best_after(0)
+  resumed.save_if_best(4, {'w': state['w'] + 1}, {'domain_fd': 6.0})
+  step, restored = resumed.restore_best(checkpointing.abstract_like(state))
+  resumed.close()
+  assert step == 4
+  np.testing.assert_array_equal(restored['w'], state['w'] + 1)

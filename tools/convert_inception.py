@@ -31,8 +31,8 @@ _FILE_ERRORS = (inception_convert.WeightsFileError,
 def _flags() -> flags.FlagValues:
   """The converter's flags, on a FlagValues of their own (`runtime.cli`)."""
   values = flags.FlagValues()
-  flags.DEFINE_string(
-      'weights', None, 'the .pth file', flag_values=values, required=True)
+  cli.define_path(
+      'weights', None, 'the .pth file', values, exists='file', required=True)
   flags.DEFINE_enum(
       'variant',
       None,

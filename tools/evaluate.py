@@ -33,7 +33,12 @@ def _flags() -> flags.FlagValues:
   """The evaluation's flags, on a FlagValues of their own (`runtime.cli`)."""
   values = flags.FlagValues()
   cli.define_path(
-      'workdir', None, 'a cgt_jax.main workdir', values, required=True)
+      'workdir',
+      None,
+      'a cgt_jax.main workdir',
+      values,
+      exists='dir',
+      required=True)
   flags.DEFINE_enum(
       'stage',
       None,

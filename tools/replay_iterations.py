@@ -29,25 +29,39 @@ from cgt_jax.convert import biggan_pth
 from cgt_jax.convert import pth_reader
 from cgt_jax.runtime import cli
 
+# (flag, help, what must exist: 'file' for inputs, None for the output)
+_PATHS = (
+    ('generator', 'G.pth before the iterations', 'file'),
+    ('discriminator', 'D.pth before the iterations', 'file'),
+    ('draws', 'npz of x, y_real, z_d, y_d, z_g, y_g', 'file'),
+    ('settings', 'iter.json', 'file'),
+    ('out', 'npz to write: the state after', None),
+)
+
 
 def _flags() -> flags.FlagValues:
   """The replay's flags, on a FlagValues of their own (`runtime.cli`)."""
   values = flags.FlagValues()
-  for name, help_string in (('generator', 'G.pth before the iterations'),
-                            ('discriminator', 'D.pth before the iterations'),
-                            ('draws', 'npz of x, y_real, z_d, y_d, z_g, y_g'),
-                            ('settings', 'iter.json'),
-                            ('out', 'npz to write: the state after')):
-    cli.define_path(name, None, help_string, values, required=True)
+  for name, help_string, exists in _PATHS:
+    cli.define_path(
+        name, None, help_string, values, exists=exists, required=True)
   flags.DEFINE_float(
       'sn-eps',
       None, 'spectral-norm eps of the source model (not in a checkpoint; '
       'default as tools/convert_biggan.py: 1e-6 ImageNet-like, 1e-8 CIFAR)',
       flag_values=values)
-  cli.define_path('reference-generator', None,
-                  "the reference's G state after the iterations", values)
-  cli.define_path('reference-discriminator', None,
-                  "the reference's D state after the iterations", values)
+  cli.define_path(
+      'reference-generator',
+      None,
+      "the reference's G state after the iterations",
+      values,
+      exists='file')
+  cli.define_path(
+      'reference-discriminator',
+      None,
+      "the reference's D state after the iterations",
+      values,
+      exists='file')
   return values
 
 

@@ -1,6 +1,7 @@
 """Sample images from a cgt_jax model directory.
 
-A grid, one row per class (default: every new class, else the source ones):
+A grid, one row per class (default: every new class, else the source ones),
+written to `--grid` (default: samples.png in the working directory):
 
     python tools/sample.py --checkpoint WORKDIR/transfer/model --grid out.png
 
@@ -11,7 +12,8 @@ classes 0..N-1, new class k = N + k), as float32 images in [-1, 1]:
 
 `--mode train` runs one train-mode forward (batch statistics; the reference
 CIFAR protocol), `eval` uses the running statistics. `--checkpoint` may also
-be a training workdir: its last completed stage's model is used.
+be a training workdir: its last completed stage's model is used. Every file
+written is printed; nothing is written into the model directory.
 """
 
 import pathlib
@@ -28,6 +30,9 @@ from cgt_jax.training import steps
 from cgt_jax.analysis import visualize
 from cgt_jax.models import biggan
 from cgt_jax.runtime import cli
+
+# The grid's file name when neither --grid nor --out/--latents is given.
+DEFAULT_GRID = 'samples.png'
 
 
 def _model_dir(path: pathlib.Path) -> pathlib.Path:
@@ -99,10 +104,14 @@ def run(args) -> np.ndarray:
   images = sample(variables['generator'], z, labels)
   images = np.asarray(images[0] if args.mode == 'train' else images, np.float32)
   if args.out:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, images=images)
     print(f'wrote {args.out}: images {images.shape}')
   if args.grid or not (args.out or args.latents):
-    path = args.grid or args.checkpoint / 'samples.png'
+    # The default lands where the command runs, not in the model directory:
+    # that is an input (a converter output, a run's export), not a scratch
+    # folder.
+    path = args.grid or pathlib.Path.cwd() / DEFAULT_GRID
     rows = rows if not args.latents else 1
     visualize.save_png(visualize.grid(images, rows), path, scale=args.scale)
     print(f'wrote {path}')
@@ -117,12 +126,15 @@ def _flags() -> flags.FlagValues:
       None,
       'model directory (or a training workdir)',
       values,
+      exists='dir',
       required=True)
   cli.define_path('latents', None,
                   'npz with z [B, dim_z] and global labels y [B]', values)
   cli.define_path('out', None, 'npz to write: images [B, H, W, 3] in [-1, 1]',
                   values)
-  cli.define_path('grid', None, 'PNG grid to write', values)
+  cli.define_path(
+      'grid', None, f'PNG grid to write (default: {DEFAULT_GRID} in the '
+      'working directory, unless --out or --latents is given)', values)
   flags.DEFINE_enum(
       'mode', 'eval', ('eval', 'train'), 'batch norm mode', flag_values=values)
   flags.DEFINE_integer(

@@ -16,6 +16,7 @@ from typing import Optional
 # draws headless.
 from matplotlib import figure as mpl_figure
 
+from cgt_jax import default_config
 from cgt_jax.evaluation import intervals
 
 # Metrics where a larger value is better; every other one is a distance.
@@ -55,6 +56,35 @@ def read_history(run_dir: pathlib.Path, stage: str) -> list:
   if not history:
     raise CompareError(f'{path} holds no evaluation')
   return sorted(history, key=lambda h: h['step'])
+
+
+def _configured_stages(run_dir: pathlib.Path) -> tuple:
+  """The stages the run's config.json lists (every stage without one)."""
+  path = run_dir / 'config.json'
+  try:
+    return tuple(json.loads(path.read_text())['stages'])
+  except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    # A workdir from before config.json, or a hand-made one: any stage
+    # with evaluations counts.
+    return default_config.STAGES
+
+
+def _evaluated(run_dir: pathlib.Path, stage: str) -> bool:
+  return (stage in _configured_stages(run_dir) and
+          (run_dir / stage / 'eval_history.json').is_file())
+
+
+def default_stage(run_dirs) -> str:
+  """The runs' last evaluated stage: the last stage, in training order, that
+  every run's config lists and has an eval_history.json in every run (what
+  each run's own comparison.md is about when the runs are alike)."""
+  run_dirs = [pathlib.Path(d) for d in run_dirs]
+  for stage in reversed(default_config.STAGES):
+    if all(_evaluated(d, stage) for d in run_dirs):
+      return stage
+  names = ', '.join(str(d) for d in run_dirs)
+  raise CompareError(f'no stage has an eval_history.json in every run '
+                     f'({names}): were they run with evaluation on?')
 
 
 def default_metric(histories: list) -> str:
@@ -184,9 +214,13 @@ def plot_bands(groups: dict, metric: str, path: pathlib.Path, title: str):
             f'{title}: mean {metric}, 95% band (*: best)', path)
 
 
-def compare(run_dirs, stage='transfer', metric=None, out='.') -> str:
-  """Writes comparison.md and comparison.png to `out`; returns the table."""
+def compare(run_dirs, stage=None, metric=None, out='.') -> str:
+  """Writes comparison.md and comparison.png to `out`; returns the table.
+
+  `stage` None: the runs' last evaluated stage (`default_stage`).
+  """
   run_dirs = [pathlib.Path(d) for d in run_dirs]
+  stage = stage or default_stage(run_dirs)
   histories = [read_history(d, stage) for d in run_dirs]
   metric = metric or default_metric(histories)
   curves = [run_curve(d, stage, h, metric) for d, h in zip(run_dirs, histories)]

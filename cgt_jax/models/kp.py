@@ -314,14 +314,26 @@ def regularizers(params: dict):
   l2 over every residual kernel. Each tensor contributes its mean, so the
   per-element weight is lambda / numel, as in the authors' code.
   """
+  terms = regularizer_terms(params)
+  zero = jnp.float32(0)
+  return terms.get('similarity_l1', zero), terms.get('residual_l2', zero)
+
+
+def regularizer_terms(params: dict) -> dict:
+  """`regularizers` as `{'similarity_l1': l1, 'residual_l2': l2}`, with
+  only the terms whose tensors the model has (no residuals in the Table 2
+  "w/o residuals" ablations, neither term without KP layers)."""
   flat = traverse_util.flatten_dict(params, sep='/')
-  l1 = sum((jnp.mean(jnp.abs(v))
-            for k, v in flat.items()
-            if _is_similarity_tensor(k)), jnp.float32(0))
-  l2 = sum((jnp.mean(jnp.square(v))
-            for k, v in flat.items()
-            if _is_residual_tensor(k)), jnp.float32(0))
-  return l1, l2
+  similarity = [v for k, v in flat.items() if _is_similarity_tensor(k)]
+  residual = [v for k, v in flat.items() if _is_residual_tensor(k)]
+  terms = {}
+  if similarity:
+    terms['similarity_l1'] = sum((jnp.mean(jnp.abs(v)) for v in similarity),
+                                 jnp.float32(0))
+  if residual:
+    terms['residual_l2'] = sum((jnp.mean(jnp.square(v)) for v in residual),
+                               jnp.float32(0))
+  return terms
 
 
 def count_parameters(params: dict) -> int:

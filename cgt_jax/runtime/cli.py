@@ -12,8 +12,9 @@ would refuse a second `--out` (and ml_collections' config flag a second
 `main` parses `argv` (without the program name; None: `sys.argv[1:]`),
 sets the process up (`process.configure`) and calls `_run(args)` with the
 flag values as attributes (dashes as underscores). A usage mistake (unknown
-flag, missing required flag, bad value, a config file that does not load)
-and a user error of the body (one of `errors`) are each reported as an
+flag, missing required flag, bad value, a config file that does not load,
+an input path that does not exist: `define_path(..., exists='dir')`) and a
+user error of the body (one of `errors`) are each reported as an
 `error: ...` line on stderr, with exit status 2. `--help` (or `-h`) prints
 the tool's docstring and its flags. A tool with a config file flag defines
 it with `sys_argv=cli.command_line(argv)`: ml_collections finds the
@@ -49,7 +50,18 @@ class Exit(Exception):
     self.status = status
 
 
+# What `exists` may ask of a path: the noun of its error line, the test.
+_KINDS = {
+    'dir': ('directory', pathlib.Path.is_dir),
+    'file': ('file', pathlib.Path.is_file),
+}
+
+
 class _PathParser(flags.ArgumentParser):
+
+  def __init__(self, exists: Optional[str] = None):
+    super().__init__()
+    self.exists = exists
 
   def parse(self, argument):
     return pathlib.Path(argument)
@@ -58,11 +70,45 @@ class _PathParser(flags.ArgumentParser):
     return 'path'
 
 
-def define_path(name: str, default: Optional[str], help_string: str,
-                flag_values: flags.FlagValues, **kwargs):
-  """A flag whose value is a `pathlib.Path` (None while unset)."""
-  return flags.DEFINE(_PathParser(), name, default, help_string, flag_values,
-                      **kwargs)
+def define_path(name: str,
+                default: Optional[str],
+                help_string: str,
+                flag_values: flags.FlagValues,
+                exists: Optional[str] = None,
+                **kwargs):
+  """A flag whose value is a `pathlib.Path` (None while unset).
+
+  Args:
+    name: the flag's name.
+    default: its default, a path string or None.
+    help_string: what --help says of it.
+    flag_values: the tool's flags.
+    exists: 'dir' or 'file': an input the tool reads, checked when the
+      command line is parsed (`check_exists`), so that a mistyped path is
+      one `error:` line before any JAX backend starts.
+    **kwargs: as `flags.DEFINE`'s (e.g. `required=True`).
+  """
+  if exists is not None and exists not in _KINDS:
+    raise ValueError(f'exists={exists!r}: use one of {sorted(_KINDS)}')
+  return flags.DEFINE(
+      _PathParser(exists), name, default, help_string, flag_values, **kwargs)
+
+
+def check_exists(path, kind: str) -> pathlib.Path:
+  """`path` as a `pathlib.Path` if it names an existing `kind` ('dir' or
+  'file').
+
+  Raises:
+    app.UsageError: `PATH: no such directory` (or `file`), or `PATH is not a
+      directory` for a path of the other kind.
+  """
+  path = pathlib.Path(path)
+  noun, is_kind = _KINDS[kind]
+  if not path.exists():
+    raise app.UsageError(f'{path}: no such {noun}')
+  if not is_kind(path):
+    raise app.UsageError(f'{path} is not a {noun}')
+  return path
 
 
 def define_config(flag_values: flags.FlagValues,
@@ -143,6 +189,7 @@ def parse(flag_values: flags.FlagValues,
   if rest and not positional:
     raise _usage_error(f'unexpected arguments {rest}')
   _check_config_files(flag_values)
+  _check_paths(flag_values)
   values = {
       name.replace('-', '_'): flag_values[name].value for name in flag_values
   }
@@ -199,6 +246,19 @@ def _check_config_files(flag_values: flags.FlagValues) -> None:
           error = error.__cause__
         raise _usage_error(
             f'--{name}={flag.config_filename}: {error}') from None
+
+
+def _check_paths(flag_values: flags.FlagValues) -> None:
+  """Raises a usage error for a path flag (`define_path(exists=...)`) that
+  names nothing of its kind."""
+  for name in flag_values:
+    flag = flag_values[name]
+    if (isinstance(flag.parser, _PathParser) and flag.parser.exists and
+        flag.value is not None):
+      try:
+        check_exists(flag.value, flag.parser.exists)
+      except app.UsageError as error:
+        raise _usage_error(str(error)) from None
 
 
 def run(body: Callable[[], Optional[int]],

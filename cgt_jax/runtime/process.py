@@ -5,9 +5,11 @@ the entry points (`cgt_jax.main`, tools/, the notebook, the test suite's
 conftest) call `configure` once, before the first JAX computation:
 
 * XLA:CPU's faster convolution kernels (`xla_cpu.add_default_flags`);
-* TensorFlow, which tfds and clu import, kept off the GPUs that JAX uses;
+* TensorFlow (which tfds imports when it is installed) kept off the GPUs
+  that JAX uses;
 * absl logging: cgt_jax's INFO lines (progress, evaluations) on process 0,
-  other libraries' only from WARNING on (orbax and clu log every save);
+  other libraries' only from WARNING on (orbax logs every save), and no
+  C++ banners, unless `verbose`;
 * optionally `jax.distributed.initialize()` for multi-host runs.
 """
 
@@ -21,7 +23,9 @@ from cgt_jax.runtime import xla_cpu
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def configure(distributed: bool = False, **distributed_args):
+def configure(distributed: bool = False,
+              verbose: bool = False,
+              **distributed_args):
   """Sets the process up for cgt_jax (call before any JAX computation).
 
   Args:
@@ -29,8 +33,21 @@ def configure(distributed: bool = False, **distributed_args):
       first: on TPU pods and SLURM/MPI clusters JAX finds every argument
       itself; elsewhere pass `coordinator_address`, `num_processes` and
       `process_id` (None values are left to JAX).
+    verbose: also show other libraries' INFO lines and TensorFlow's and
+      XLA's C++ banners (hidden otherwise: a run's console is its own).
   """
   xla_cpu.add_default_flags()
+  if not verbose:
+    # Where TensorFlow is installed, orbax's paths (etils) import it: no
+    # C++ INFO lines from it or XLA, and no oneDNN banner (TF 2.21 prints
+    # it through absl's C++ logging, which TF_CPP_MIN_LOG_LEVEL does not
+    # reach; cgt_jax computes nothing with TensorFlow, so its oneDNN
+    # kernels do not matter). Read when the libraries load: set before.
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  # Before JAX picks its backend: its probing (e.g. "Unable to initialize
+  # backend 'tpu'" on a CPU machine) is INFO that only --verbose shows.
+  configure_logging(verbose, info=verbose)
   import jax  # pylint: disable=g-import-not-at-top
   if distributed:
     jax.distributed.initialize(**{
@@ -38,12 +55,12 @@ def configure(distributed: bool = False, **distributed_args):
     })
   if jax.default_backend() == 'gpu':
     _hide_gpus_from_tensorflow()
-  configure_logging()
+  configure_logging(verbose)
 
 
 def _hide_gpus_from_tensorflow():
-  """TensorFlow would otherwise claim GPU memory JAX needs (tfds and clu
-  import it only for data and TensorBoard files)."""
+  """TensorFlow would otherwise claim GPU memory JAX needs (tfds imports it,
+  when installed, to prepare datasets)."""
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -59,11 +76,23 @@ class _OnlyOurInfo(python_logging.Filter):
             record.pathname.startswith(_PACKAGE_DIR))
 
 
-def configure_logging():
-  """absl logging at INFO for cgt_jax on process 0, WARNING elsewhere."""
+_FILTER = _OnlyOurInfo()
+
+
+def configure_logging(verbose: bool = False, info=None):
+  """absl logging at INFO on process 0 (cgt_jax's lines only unless
+  `verbose`), WARNING elsewhere.
+
+  `info`: log INFO lines or not; None: on process 0 only (asking JAX,
+  which starts its backend).
+  """
   logging.use_absl_handler()
-  logging.get_absl_handler().addFilter(_OnlyOurInfo())
-  logging.set_verbosity(logging.WARNING)
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() == 0:
-    logging.set_verbosity(logging.INFO)
+  handler = logging.get_absl_handler()
+  if verbose:
+    handler.removeFilter(_FILTER)
+  else:
+    handler.addFilter(_FILTER)
+  if info is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    info = jax.process_index() == 0
+  logging.set_verbosity(logging.INFO if info else logging.WARNING)

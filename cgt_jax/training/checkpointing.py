@@ -158,6 +158,18 @@ class StageCheckpoints:
     """Whether the best checkpoint is (now) the one of `step`."""
     return self.best is not None and self.best.best_step() == step
 
+  def forget_best_after(self, step: int):
+    """Deletes best checkpoints of steps after `step`, where a resumed run
+    starts: a run killed between an evaluation and the next periodic save
+    left them, and the resumed run evaluates those steps again (with the
+    same result: it repeats the killed run), which orbax refuses to save
+    over."""
+    if self.best is None:
+      return
+    for stale in self.best.all_steps():
+      if stale > step:
+        self.best.delete(stale)
+
   def save_if_best(self, step: int, state, metrics: dict):
     """Keeps `state` if `metrics[best_metric]` is the best so far."""
     if self.best is not None:

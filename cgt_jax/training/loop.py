@@ -7,7 +7,9 @@ Workdir layout (one folder per stage):
     WORKDIR/<stage>/samples/step_XXXXXXX.png      fixed-z grids, a row a class
     WORKDIR/<stage>/samples/best.png              ... at the best evaluation
     WORKDIR/<stage>/model/                        the stage's exported models
+                                                  (`export`: final or best)
     WORKDIR/<stage>/model_best/                   ... at its best evaluation
+    WORKDIR/<stage>/model_final/                  ... at the end (export=best)
     WORKDIR/<stage>/model_ema/                    the EMA generator and D (EMA on)
     WORKDIR/<stage>/summary.json                  steps, wall time, metrics
     WORKDIR/<stage>/events.out.tfevents.*         TensorBoard scalars/images
@@ -40,6 +42,7 @@ from cgt_jax.models import model_io
 from cgt_jax.runtime import parallel
 from cgt_jax.runtime import workdir_lock
 from cgt_jax.training import checkpointing
+from cgt_jax.training import closing
 from cgt_jax.training import health
 from cgt_jax.training import reporting
 from cgt_jax.training import resume_check
@@ -97,11 +100,13 @@ def _train_and_evaluate(plan, workdir, accept_config_changes) -> pathlib.Path:
 
 def _run_stages(plan, workdir, preemption) -> pathlib.Path:
   mesh = parallel.make_mesh()
-  data = splits.load(
-      plan.config.data,
-      need_source=plan.needs_source_data,
-      resolution=plan.config.model.resolution,
-      target_first_label=plan.target_first_label())
+  with reporting.phase('[data]', f'loading {plan.config.data.name} images'):
+    data = splits.load(
+        plan.config.data,
+        need_source=plan.needs_source_data,
+        resolution=plan.config.model.resolution,
+        target_first_label=plan.target_first_label())
+  logging.info('[data] %s', _describe(data))
   if jax.process_index() == 0:  # the run's settings, once they all check out
     resume_check.record(workdir, plan.config)
   previous = plan.source_checkpoint
@@ -113,7 +118,17 @@ def _run_stages(plan, workdir, preemption) -> pathlib.Path:
                          start_model(plan, stage, previous), preemption)
   if jax.process_index() == 0:
     _write_comparison(workdir, plan.stages[-1])
+    for line in closing.lines(closing.summarize(workdir, plan.stages)):
+      logging.info('%s', line)
   return pathlib.Path(previous)
+
+
+def _describe(data) -> str:
+  parts = [(data.source, 'source'), (data.target, 'new')]
+  return '; '.join(f'{d.num_classes} {kind} classes, {len(d.images)} images '
+                   f'(labels {d.label_range[0]}..{d.label_range[1] - 1})'
+                   for d, kind in parts
+                   if d is not None)
 
 
 def _write_comparison(workdir, stage):
@@ -135,9 +150,10 @@ def start_model(plan, stage: str, previous):
 def finetune_start(model_dir, start_from: str):
   """Fine-tuning starts from the transferred model of the best evaluation
   (`start_from='best'`, when there was one: model_best beside
-  `model_dir`) or the final one."""
-  best = pathlib.Path(model_dir).with_name('model_best')
-  return best if start_from == 'best' and best.exists() else model_dir
+  `model_dir`) or the final one (model_final when the stage exported its
+  best model as `model`)."""
+  other = pathlib.Path(model_dir).with_name(f'model_{start_from}')
+  return other if other.exists() else model_dir
 
 
 def run_stage(stage, plan, workdir, mesh, data, previous_model, preemption):
@@ -152,14 +168,16 @@ def run_stage(stage, plan, workdir, mesh, data, previous_model, preemption):
   if finished:  # `resume_check.check_progress`: more steps than it trained
     logging.info('[%s] finished at step %d; training on to step %d', stage,
                  reached, num_steps)
-  spec = stages.stage_spec(stage, plan, data, previous_model, stage_dir)
-  state = state_lib.create(spec.setup, spec.g_variables, spec.d_variables,
-                           plan.config.seed)
-  state = jax.device_put(state, parallel.replicated(mesh))
+  with reporting.phase(f'[{stage}]', 'building the models'):
+    spec = stages.stage_spec(stage, plan, data, previous_model, stage_dir)
+    state = state_lib.create(spec.setup, spec.g_variables, spec.d_variables,
+                             plan.config.seed)
+    state = jax.device_put(state, parallel.replicated(mesh))
   evaluate = None
   if plan.stage_config(stage).eval_every or plan.config.eval.final:
-    evaluate = evaluator_lib.make(plan.config, spec.generator, spec.dataset,
-                                  data, mesh)
+    with reporting.phase(f'[{stage}]', 'setting up the evaluation'):
+      evaluate = evaluator_lib.make(plan.config, spec.generator, spec.dataset,
+                                    data, mesh)
   metric, mode = evaluator_lib.best_metric(plan.config)
   checkpoints = checkpointing.StageCheckpoints(
       stage_dir / 'checkpoints',
@@ -169,6 +187,7 @@ def run_stage(stage, plan, workdir, mesh, data, previous_model, preemption):
     state = checkpoints.restore_latest(
         checkpointing.abstract_like(state, parallel.replicated(mesh)))
     logging.info('[%s] resumed from step %d', stage, int(state.step))
+  checkpoints.forget_best_after(int(state.step))
   c = plan.stage_config(stage)
   run = _StageRun(
       spec, plan.config, c, mesh, checkpoints, reporting.make_writer(stage_dir),
@@ -183,7 +202,7 @@ def run_stage(stage, plan, workdir, mesh, data, previous_model, preemption):
     checkpoints.close()  # raises if the last write failed: no export then
   finally:
     checkpoints.close()
-    run.writer.flush()
+    run.writer.close()  # also when the stage fails: no open event file
   return _export(run, state, metrics,
                  time.perf_counter() - start, best, previous_model)
 
@@ -215,24 +234,40 @@ def _loop(run, state):
       setup.real_per_step,
       seed=run.config.data.seed + run.config.seed)
   sharding = parallel.data_sharding(run.mesh)
+  first = int(state.step)
   train_step = steps.make_train_step(setup, run.mesh)
+  if first < c.num_steps:
+    train_step = _compiled(train_step, state, _batch(sampler, first, sharding),
+                           run.stage)
   sample_grid = _grid_sampler(setup, run.config)
-  progress = reporting.Progress(run.stage, c.num_steps, run.writer, c.log_every)
+  progress = reporting.Progress(run.stage, c.num_steps, run.writer, first)
   metrics = {}
-  for step in range(int(state.step), c.num_steps):
-    images, labels = sampler.process_batch(step)
-    state, metrics = train_step(state,
-                                pipeline.to_device(images, labels, sharding))
+  for step in range(first, c.num_steps):
+    state, metrics = train_step(state, _batch(sampler, step, sharding))
     done = step + 1
-    progress(done)
     if done % c.log_every == 0 or done == c.num_steps:
       scalars = _checked(metrics, done, run)
       run.writer.write_scalars(done, scalars)
       progress.log(done, scalars)
       run.checkpoints.raise_if_failed()  # a write that ended unfinished
     _periodic(run, state, metrics, done, sample_grid)
+    if _due(c.eval_every, done):
+      progress.restart(done)  # steps/s counts training, not evaluations
   _finish(run, state, sample_grid)
   return state, _host_means(metrics)
+
+
+def _batch(sampler, step, sharding):
+  images, labels = sampler.process_batch(step)
+  return pipeline.to_device(images, labels, sharding)
+
+
+def _compiled(train_step, state, batch, stage):
+  """`train_step` compiled ahead of its first call, so that the log says
+  what the first minute(s) of a stage go to (the same program the first
+  call would compile)."""
+  with reporting.phase(f'[{stage}]', 'compiling the train step'):
+    return train_step.lower(state, batch).compile()
 
 
 def _periodic(run, state, metrics, done, sample_grid):
@@ -388,12 +423,17 @@ def _export(run, state, metrics, seconds, best, previous_model):
   """Writes the stage's model directories and summary (marks it complete).
 
   `best`: `(step, state)` of the best evaluation, exported as model_best.
+  `model` holds what the stage config's `export` names: the final state,
+  or the best one (then model_final holds the final state).
   """
   spec, stage_dir = run.spec, run.stage_dir
   generator_arch = model_io.module_arch(spec.generator)
-  model_dir = _save_models(spec, stage_dir / 'model', state)
+  exported = _exported(run.stage_config, state, best)
+  model_dir = _save_models(spec, stage_dir / 'model', exported[1])
   if best is not None:
     _save_models(spec, stage_dir / 'model_best', best[1])
+  if exported[0] != int(state.step):
+    _save_models(spec, stage_dir / 'model_final', state)
   ema = {}
   if state.g_ema:
     # With the stage's D, so that it is a source model like `model` (what
@@ -419,6 +459,8 @@ def _export(run, state, metrics, seconds, best, previous_model):
         'first_label': spec.label_range[0],
         'started_from': str(previous_model) if previous_model else None,
         'best_model_step': best[0] if best is not None else None,
+        'export': run.stage_config.get('export', 'final'),
+        'exported_step': exported[0],
         'trainable_parameters': spec.trainable_counts(),
         'eval_reference': (evaluator_lib.reference_name(run.config)
                            if run.evaluate is not None else None),
@@ -427,6 +469,14 @@ def _export(run, state, metrics, seconds, best, previous_model):
     }
     (stage_dir / 'summary.json').write_text(json.dumps(summary, indent=2))
   parallel.sync('export ' + str(stage_dir))
-  logging.info('[%s] done: %d steps in %.0fs; model in %s', spec.stage,
-               int(state.step), seconds, model_dir)
+  logging.info('[%s] done: %d steps in %.0fs; model (step %d) in %s',
+               spec.stage, int(state.step), seconds, exported[0], model_dir)
   return model_dir
+
+
+def _exported(stage_config, state, best) -> tuple:
+  """`(step, state)` the stage exports as `model` (`export`: 'final', or
+  'best' when there was an evaluation)."""
+  if stage_config.get('export', 'final') == 'best' and best is not None:
+    return int(best[0]), best[1]
+  return int(state.step), state

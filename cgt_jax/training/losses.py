@@ -113,7 +113,8 @@ class KnowledgePropagationLosses(Losses):
     l1, l2 = kp.regularizers(g_params)
     adversarial, terms = self.adversarial.generator(d_fake, g_params)
     loss = adversarial + self.similarity_l1 * l1 + self.residual_l2 * l2
-    return loss, {**terms, 'similarity_l1': l1, 'residual_l2': l2}
+    # Logged: only the terms the model has (a zero is no information).
+    return loss, {**terms, **kp.regularizer_terms(g_params)}
 
 
 def barlow_twins(features_a, features_b, off_diagonal_weight=5e-3, eps=1e-5):

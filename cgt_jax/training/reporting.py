@@ -1,20 +1,27 @@
-"""Metric writers (clu: TensorBoard) and the progress log line.
+"""TensorBoard event files and the progress log line.
 
-clu's writers and its `ReportProgress` import TensorFlow (requirements.txt
-installs tensorflow-cpu); without it cgt_jax still trains and logs its
-progress lines, without event files or a steps/s estimate, and says so.
-Log lines go through absl logging; the entry points show them on process 0
-only (`cgt_jax.runtime.process`).
+The event files are written with the `tensorboard` package's own writer
+(`EventFileWriter`, the one PyTorch's SummaryWriter uses too), not clu's
+`metric_writers`: importing those imports TensorFlow, a 1.3 GB install that
+nothing else in a run needs (tfds needs it only to prepare a dataset). The
+writer keeps clu's `MetricWriter` method names, so that swapping one in is a
+one-line change. Log lines go through absl logging; the entry points show
+them on process 0 only (`cgt_jax.runtime.process`).
 """
+
+import contextlib
+import io
+import time
 
 import jax
 import numpy as np
 from absl import logging
+from PIL import Image
 
 
 class NullWriter:
-  """The subset of clu's MetricWriter used here, keeping nothing (no
-  TensorFlow, or a process other than 0)."""
+  """The subset of clu's MetricWriter used here, keeping nothing (a process
+  other than 0)."""
 
   def write_scalars(self, step, scalars):
     del step, scalars
@@ -29,39 +36,75 @@ class NullWriter:
     pass
 
 
-def _clu():
-  """clu's metric_writers and periodic_actions, or None without TensorFlow."""
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return metric_writers, periodic_actions
+def _png(picture: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(picture, np.uint8)).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+class EventWriter(NullWriter):
+  """Scalars and uint8 images `[N, H, W, C]` as TensorBoard events in
+  `logdir` (events.out.tfevents.*), written by a background thread."""
+
+  def __init__(self, logdir):
+    # Imported here: only process 0 of a run needs tensorboard.
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.summary.writer import event_file_writer
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    self._file = event_file_writer.EventFileWriter(str(logdir))
+
+  def _write(self, step, values):
+    self._file.add_event(
+        self._event(
+            wall_time=time.time(),
+            step=int(step),
+            summary=self._summary(value=values)))
+
+  def write_scalars(self, step, scalars):
+    self._write(step, [
+        self._summary.Value(tag=tag, simple_value=float(value))
+        for tag, value in scalars.items()
+    ])
+
+  def write_images(self, step, images):
+    values = []
+    for tag, batch in images.items():
+      for i, picture in enumerate(np.asarray(batch)):
+        height, width, channels = picture.shape
+        values.append(
+            self._summary.Value(
+                tag=tag if len(batch) == 1 else f'{tag}/{i}',
+                image=self._summary.Image(
+                    height=height,
+                    width=width,
+                    colorspace=channels,
+                    encoded_image_string=_png(picture))))
+    self._write(step, values)
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
 
 
 def make_writer(logdir):
-  """A clu writer to TensorBoard event files in `logdir` (process 0 only)."""
+  """A writer of TensorBoard event files in `logdir` (process 0 only)."""
   if jax.process_index() > 0:
     return NullWriter()
-  clu = _clu()
-  if clu is None:
-    logging.warning('TensorFlow is not installed, so no TensorBoard event '
-                    'files are written (pip install tensorflow-cpu to get '
-                    'them)')
-    return NullWriter()
-  return clu[0].create_default_writer(
-      str(logdir), just_logging=False, asynchronous=True)
+  return EventWriter(logdir)
 
 
-class _RateKeeper(NullWriter):
-  """Remembers the last steps/s clu's ReportProgress measured."""
-
-  def __init__(self):
-    self.steps_per_sec = float('nan')
-
-  def write_scalars(self, step, scalars):
-    del step
-    self.steps_per_sec = scalars.get('steps_per_sec', self.steps_per_sec)
+@contextlib.contextmanager
+def phase(prefix: str, what: str):
+  """Logs `prefix what ...` when a phase of the set-up starts and `prefix
+  what: Xs` when it ends, so that no part of a run is silent."""
+  logging.info('%s %s ...', prefix, what)
+  start = time.perf_counter()
+  yield
+  logging.info('%s %s: %.1fs', prefix, what, time.perf_counter() - start)
 
 
 def _duration(seconds: float) -> str:
@@ -72,28 +115,27 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """clu's `ReportProgress` (steps/s to TensorBoard and the work unit) plus
-  a `[stage] step s/n (p%) x steps/s, ETA | metrics` log line."""
+  """The `[stage] step s/n (p%) x steps/s, ETA | metrics` log line, with
+  steps/s over the steps since the previous line (also written to
+  TensorBoard as `steps_per_sec`)."""
 
-  def __init__(self, stage: str, num_steps: int, writer, every_steps: int):
-    self.stage, self.num_steps = stage, num_steps
-    self._rate = _RateKeeper()
-    self._report = None
-    clu = _clu()
-    if clu is not None:
-      metric_writers, periodic_actions = clu
-      self._report = periodic_actions.ReportProgress(
-          num_train_steps=num_steps,
-          writer=metric_writers.MultiWriter([writer, self._rate]),
-          every_steps=every_steps,
-          every_secs=None)
+  def __init__(self, stage: str, num_steps: int, writer, start_step: int):
+    self.stage, self.num_steps, self._writer = stage, num_steps, writer
+    self._since = (start_step, time.perf_counter())
 
-  def __call__(self, step: int):
-    if self._report is not None:
-      self._report(step)
+  def restart(self, step: int):
+    """Measures the next steps/s from now and step `step` (after work that
+    is not training, such as an evaluation)."""
+    self._since = (step, time.perf_counter())
 
   def log(self, step: int, metrics: dict):
-    rate = self._rate.steps_per_sec
+    """Logs step `step`; call it after the step's metrics reached the host
+    (so that the rate counts finished steps)."""
+    now = time.perf_counter()
+    last_step, last_time = self._since
+    self._since = (step, now)
+    rate = (step - last_step) / (now - last_time) if now > last_time else 0.
+    self._writer.write_scalars(step, {'steps_per_sec': rate})
     eta = (self.num_steps - step) / rate if rate > 0 else float('nan')
     shown = ' '.join(f'{k} {float(v):.4g}' for k, v in sorted(metrics.items()))
     logging.info('[%s] step %d/%d (%.0f%%) %.2f steps/s, ETA %s | %s',

@@ -8,7 +8,8 @@ only, say a transfer from `WORKDIR/pretrain/model` after a pretraining
 run, resumes nothing and is not checked):
 
 * free to change: how long and how often (`<stage>.num_steps` and the
-  `log/sample/eval/checkpoint_every` cadences), the divergence guard, the
+  `log/sample/eval/checkpoint_every` cadences), which model a stage exports
+  (`<stage>.export`), the divergence guard, the
   evaluation and sample-grid settings (`eval.*`, `sample.*`), the tfds
   cache location (`data.data_dir`), everything of a stage that has not
   started, the method's settings (`method*`, `loss`) while neither
@@ -33,10 +34,11 @@ from cgt_jax.training import checkpointing
 from cgt_jax.transfer import stages as stages_lib
 
 CONFIG_FILE = 'config.json'
-# Stage fields that change how long or how often, not what is computed.
+# Stage fields that change how long or how often, or which model is
+# exported, not what is computed.
 _FREE_STAGE_FIELDS = ('num_steps', 'log_every', 'sample_every', 'eval_every',
                       'checkpoint_every', 'divergence_bound',
-                      'divergence_patience')
+                      'divergence_patience', 'export')
 _FREE_PREFIXES = ('eval.', 'sample.', 'data.data_dir')
 # Top-level fields that matter only from the transfer stage on.
 _TRANSFER_FIELDS = ('method', 'method_options', 'method_overrides', 'loss')

@@ -141,12 +141,18 @@ def _validate(config, method):
   _check_choice('dtype', config.dtype, ('float32', 'bfloat16'))
   _check_choice('loss', config.loss, ('',) + tuple(losses_lib.ADVERSARIAL))
   for stage in chosen:
-    _validate_stage(stage, method.stage_config(stage, config))
+    _validate_stage(stage, method.stage_config(stage, config),
+                    config.eval.final)
 
 
-def _validate_stage(stage, c):
+def _validate_stage(stage, c, final_eval: bool):
   _check_choice(f'{stage}.d_chunk_reduction', c.d_chunk_reduction,
                 ('mean', 'sum'))
+  _check_choice(f'{stage}.export', c.get('export', 'final'), ('final', 'best'))
+  if c.get('export', 'final') == 'best' and not (c.eval_every or final_eval):
+    raise ConfigError(f"config.{stage}.export='best' needs evaluations: set "
+                      f'config.{stage}.eval_every or config.eval.final=True, '
+                      "or export 'final'")
   for key in ('num_steps', 'batch_size', 'num_d_steps', 'num_d_accumulations',
               'num_g_accumulations', 'log_every', 'checkpoint_every'):
     if c[key] <= 0:
