@@ -33,6 +33,7 @@ from cgt_jax.data import splits
 from cgt_jax.models import model_io
 from cgt_jax.runtime import workdir_lock
 from cgt_jax.training import loop
+from cgt_jax.training import resume_check
 from cgt_jax.transfer import stages
 from tests import reference_cases as rc
 from tests.test_train import flat
@@ -532,3 +533,23 @@ def test_other_stages_in_a_workdir_with_progress_are_not_a_resume(
   assert json.loads(kept[0].read_text())['stages'] == ['pretrain']
   assert json.loads(
       (workdir / 'config.json').read_text())['stages'] == ['transfer']
+
+
+def test_settings_newer_than_the_run_at_their_default_are_no_change(
+    interrupted_run, tmp_path):
+  """A run recorded before a setting existed (here `remat` and the stages'
+  `export`) resumes: the new setting's default is what the older version
+  did. Set to anything else, it is a change like any other."""
+  workdir = tmp_path / 'work'
+  shutil.copytree(interrupted_run, workdir)
+  recorded = json.loads((workdir / 'config.json').read_text())
+  del recorded['remat']
+  for stage in ('pretrain', 'transfer', 'finetune'):
+    del recorded[stage]['export']
+  (workdir / 'config.json').write_text(json.dumps(recorded))
+  config = _resumable_config()
+  resume_check.check_settings(workdir, stages.resolve(config), False)
+  config.remat = True
+  with pytest.raises(resume_check.SettingsChanged,
+                     match=r"\(remat: '<absent>' -> True\)"):
+    resume_check.check_settings(workdir, stages.resolve(config), False)

@@ -112,7 +112,8 @@ def _prepare(builder):
     raise datasets.DatasetError(
         f'CIFAR-100 is not prepared in {root} and preparing it failed '
         f'({type(err).__name__}: {err}). Fix it in one of these ways:\n'
-        '  * `pip install tensorflow-cpu` (tfds needs it to prepare CIFAR; '
+        '  * `pip install tensorflow-cpu` (cgt_jax\'s `tensorflow` extra: '
+        'tfds needs it to prepare CIFAR; '
         'install any other module the error names too) and run once with '
         'network access;\n'
         '  * offline: put cifar-100-binary.tar.gz (from '

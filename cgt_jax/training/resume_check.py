@@ -30,6 +30,7 @@ import json
 import pathlib
 import time
 
+from cgt_jax import default_config
 from cgt_jax.training import checkpointing
 from cgt_jax.transfer import stages as stages_lib
 
@@ -93,10 +94,15 @@ def differences(old: dict, new: dict, resumed: set) -> list:
   """`'field: old -> new'` for every recorded setting the rerun changes
   that `_free` does not allow."""
   old_flat, new_flat = flatten(old), flatten(new)
+  defaults = flatten(settings(default_config.get_config()))
   changed = []
   for field in sorted(set(old_flat) | set(new_flat)):
     before = old_flat.get(field, '<absent>')
     after = new_flat.get(field, '<absent>')
+    if before == '<absent>' and field in defaults and after == defaults[field]:
+      # A setting newer than the recorded run, at its default: the default
+      # of a new setting is what cgt_jax did before it existed.
+      continue
     if before != after and not _free(field, resumed):
       changed.append(f'{field}: {before!r} -> {after!r}')
   return changed
