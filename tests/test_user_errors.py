@@ -550,6 +550,6 @@ def test_settings_newer_than_the_run_at_their_default_are_no_change(
   config = _resumable_config()
   resume_check.check_settings(workdir, stages.resolve(config), False)
   config.remat = True
-  with pytest.raises(resume_check.SettingsChanged,
-                     match=r"\(remat: '<absent>' -> True\)"):
+  with pytest.raises(
+      resume_check.SettingsChanged, match=r"\(remat: '<absent>' -> True\)"):
     resume_check.check_settings(workdir, stages.resolve(config), False)
