@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import linen as nn
 
 from cgt_jax.evaluation import features as features_lib
@@ -134,9 +135,13 @@ def train(images: np.ndarray, labels: np.ndarray, num_classes: int,
   weights = 1.0 / counts[labels]
   weights = jnp.asarray(weights / weights.sum(), jnp.float32)
   images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+  report_every = max(config.steps // 5, 1)
   for i in range(config.steps):
     state, loss = step(images, labels, weights, state,
                        jax.random.fold_in(rng, i))
+    if (i + 1) % report_every == 0:  # a minute or two in the demo
+      logging.info('[evaluation] domain classifier step %d/%d: loss %.3f',
+                   i + 1, config.steps, float(loss))
   if not np.isfinite(float(loss)):
     raise FloatingPointError('domain classifier training diverged (loss '
                              f'{float(loss)})')
@@ -221,6 +226,10 @@ def load_or_train(
     variables = _restore(directory, num_classes, config, images.shape[1:])
     if variables is not None:
       return Classifier(num_classes, config, variables, identity)
+  logging.info(
+      '[evaluation] training the offline domain classifier (%d classes, %d '
+      'images, %d steps)%s', num_classes, len(labels), config.steps,
+      f'; cached in {directory} for later runs' if directory else '')
   variables = train(images, labels, num_classes, config)
   if directory is not None:
     metadata = {
