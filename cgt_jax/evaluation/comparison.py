@@ -10,6 +10,7 @@ marked (its Fig. 5). `tools/compare.py` is the command line; every
 import dataclasses
 import json
 import pathlib
+import textwrap
 from typing import Optional
 
 # The object API (no pyplot): no global backend or figure state, and it
@@ -147,7 +148,8 @@ def _finish(figure, axes, values, metric, title, path):
     axes.set_yscale('log')
   axes.set_xlabel('iteration')
   axes.set_ylabel(metric)
-  axes.set_title(title)
+  # Wrapped: a long stage/metric title would be cut at the figure's edge.
+  axes.set_title(textwrap.fill(title, 60), fontsize='medium')
   axes.grid(alpha=0.3, which='both')
   axes.legend(fontsize='small')
   figure.tight_layout()
