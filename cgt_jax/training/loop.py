@@ -25,6 +25,7 @@ process 0 writes the other files and logs.
 import dataclasses
 import json
 import pathlib
+import shutil
 import time
 
 import jax
@@ -434,6 +435,10 @@ def _export(run, state, metrics, seconds, best, previous_model):
     _save_models(spec, stage_dir / 'model_best', best[1])
   if exported[0] != int(state.step):
     _save_models(spec, stage_dir / 'model_final', state)
+  elif jax.process_index() == 0:
+    # From an earlier export='best' of this stage: `model` is final now, and
+    # a stale model_final would be what a 'final' fine-tuning starts from.
+    shutil.rmtree(stage_dir / 'model_final', ignore_errors=True)
   ema = {}
   if state.g_ema:
     # With the stage's D, so that it is a source model like `model` (what
