@@ -126,6 +126,14 @@ def get_config() -> ml_collections.ConfigDict:
   # 'color,translation,cutout' (its authors' choice for a few hundred
   # images: all three).
   config.augment = ''
+  # The spectral-norm vectors `u` of G's frozen layers in the transfer and
+  # fine-tuning stages: 'advance' (the authors' code: every train-mode
+  # forward advances them, so the classes learned before drift by float
+  # rounding), 'keep' (only what the stage trains changes: every class
+  # learned before renders bitwise the same images), or 'auto': 'keep'
+  # when extending an already extended model (continual extension,
+  # cgt_jax/models/extensions.py), else 'advance'.
+  config.frozen_sn = 'auto'
   # Transfer-stage fields per method, e.g. method_overrides.transfergan =
   # {'g_lr': 2e-4}: full fine-tuning wants other learning rates than KP.
   config.method_overrides = ml_collections.ConfigDict()

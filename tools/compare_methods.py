@@ -105,15 +105,13 @@ def _run(args) -> int:
   names = methods.names_of(args.methods)
   if args.seeds:
     _seeds(args.seeds)
-  try:
-    text = _compare(args, names)
-  except loop.Preempted as stop:
-    print(stop, file=sys.stderr)
-    return loop.PREEMPTED_STATUS  # the same command resumes
-  print(text)
-  print(f'wrote {args.workdir}/comparison.md, comparison.json, '
-        'comparison.png and samples.png')
-  return 0
+  # Stopped by SIGTERM: the same command resumes.
+  status = cli.report(lambda: _compare(args, names), (loop.Preempted,),
+                      loop.PREEMPTED_STATUS)
+  if not status:
+    print(f'wrote {args.workdir}/comparison.md, comparison.json, '
+          'comparison.png and samples.png')
+  return status
 
 
 def main(argv=None) -> int:

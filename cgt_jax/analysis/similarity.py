@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from cgt_jax.training import steps
 from cgt_jax.analysis import visualize
+from cgt_jax.models import extensions
 from cgt_jax.models import kp
 
 SHARED_LAYER = 'shared'  # the name of a generator's one shared pair
@@ -63,10 +64,14 @@ def similarity_scores(generator, variables) -> dict:
   M new-class labels, not recomputed, so they cannot drift from the model.
   Layers are named like the parameters ('block_0/bn1', ...), in network
   order; with shared similarity there is one layer, 'shared'.
+
+  A continually extended generator (`models.extensions`): the rows are its
+  newest classes, the N columns every class it knew before them (source
+  classes, then the classes earlier extensions added, in label order).
   """
   _check_transferred(generator)
   num_new = generator.num_new_classes
-  labels = generator.num_classes + jnp.arange(num_new)
+  labels = generator.first_new_label + jnp.arange(num_new)
   z = jnp.zeros((num_new, generator.dim_z))
   forward = jax.jit(
       functools.partial(
@@ -77,6 +82,8 @@ def similarity_scores(generator, variables) -> dict:
   scores = {}
   flat = traverse_util.flatten_dict(state['intermediates'])
   for path, outputs in flat.items():
+    if extensions.index_of('/'.join(path)) is not None:
+      continue  # an earlier extension's (continual extension)
     which = _similarity_which(path[-2])
     # A shared pair is called once per BN layer, always with the same result.
     layer = '/'.join(path[:-3]) or SHARED_LAYER
@@ -205,7 +212,7 @@ def pseudo_class_images(generator,
   `[B, dim_z]` (see `pseudo_class_variables`)."""
   _check_transferred(generator)
   variables = jax.device_put(variables)  # the unchanged weights: sent once
-  label = generator.num_classes + new_class
+  label = generator.first_new_label + new_class
   return _render_each(generator,
                       ((pseudo_class_variables(variables, k, new_class), label)
                        for k in source_classes), z)

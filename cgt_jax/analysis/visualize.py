@@ -43,7 +43,8 @@ def save_png(picture: np.ndarray, path, scale: int = 1):
 def similarity_heatmaps(scores: dict,
                         new_names,
                         source_names,
-                        sources=None) -> mpl_figure.Figure:
+                        sources=None,
+                        first_added=None) -> mpl_figure.Figure:
   """Which source classes each new class borrows from, layer by layer.
 
   Args:
@@ -52,6 +53,9 @@ def similarity_heatmaps(scores: dict,
     new_names: M row labels. source_names: N column labels.
     sources: indices of the source classes to show (default all); with an
       ImageNet source, 1000 columns are unreadable.
+    first_added: a continually extended generator's first class that an
+      earlier extension added (its source count N): those columns are
+      set apart by a dashed line and italic names (None: no such classes).
   Returns:
     A matplotlib Figure (no pyplot state, so it works headless), a row per
     layer, gamma left and beta right, on one colour scale centred at 0: the
@@ -78,5 +82,42 @@ def similarity_heatmaps(scores: dict,
         range(len(sources)), [str(source_names[i]) for i in sources],
         rotation=90,
         fontsize=6)
+    if first_added is not None:
+      _mark_added(ax, sources, first_added)
   fig.colorbar(image, ax=axes, shrink=0.6, label='similarity score')
+  return fig
+
+
+def _mark_added(ax, sources, first_added: int):
+  """A dashed line before the shown columns of added classes (index >=
+  `first_added`), whose names turn italic."""
+  added = np.asarray(sources) >= first_added
+  if added.any():
+    ax.axvline(int(np.argmax(added)) - 0.5, color='black', linestyle='--')
+  for label, is_added in zip(ax.get_xticklabels(), added):
+    if is_added:
+      label.set_fontstyle('italic')
+
+
+def labelled_grids(blocks: dict, row_names) -> mpl_figure.Figure:
+  """Sample grids side by side: a panel per `{title: [K, B, R, R, 3]}`
+  block (K <= len(row_names) classes, B samples each, in [-1, 1]), a row
+  per name in `row_names`; rows a block lacks (classes a model cannot
+  draw yet) stay blank."""
+  rows = len(row_names)
+  fig = mpl_figure.Figure(
+      figsize=(1.5 + 2.6 * len(blocks), 0.6 + 0.42 * rows),
+      layout='constrained')
+  axes = fig.subplots(1, len(blocks), squeeze=False)[0]
+  for ax, (title, images) in zip(axes, blocks.items()):
+    images = np.asarray(images)
+    blank = np.ones((rows - len(images),) + images.shape[1:], images.dtype)
+    full = np.concatenate([images, blank])
+    ax.imshow(grid(full.reshape(-1, *full.shape[2:]), rows))
+    ax.set_title(title, fontsize=10)
+    height = full.shape[2] + 2  # grid's padding
+    ax.set_yticks([2 + height * (r + 0.5) for r in range(rows)],
+                  list(row_names),
+                  fontsize=8)
+    ax.set_xticks([])
   return fig

@@ -26,6 +26,7 @@ import numpy as np
 from flax import linen as nn
 
 from cgt_jax.models import ccbn
+from cgt_jax.models import extensions
 from cgt_jax.models import kp
 from cgt_jax.models import layers
 
@@ -141,6 +142,9 @@ class Generator(nn.Module):
       (`kp.variant_for(shared_dim)`), `minegan.Miners` (MineGAN: a
       module in front of G) or `hypermod.Modulation` (Hyper-Modulation:
       class-modulated block convolutions).
+    extensions: the earlier extensions of a continually extended generator
+      (`models.extensions.Extension`, in label order): their classes take
+      labels N.. before the newest M, which propagate from all of them.
     remat: recompute each block's activations in the backward pass instead
       of keeping them (`jax.checkpoint` per block): less memory for about
       one more forward; a run-time choice, not saved with the model.
@@ -157,13 +161,20 @@ class Generator(nn.Module):
   bn_eps: float = 1e-5
   sn_eps: float = 1e-8
   new_classes: Any = kp.KPOptions()
+  extensions: Sequence[Any] = ()
   bottom_width: int = 4
   dtype: Any = jnp.float32
   remat: bool = False
 
   @property
+  def first_new_label(self) -> int:
+    """The label of the first newest class: N, plus the classes of the
+    earlier extensions."""
+    return self.num_classes + sum(e.num_classes for e in self.extensions)
+
+  @property
   def num_labels(self) -> int:
-    return self.num_classes + self.num_new_classes
+    return self.first_new_label + self.num_new_classes
 
   @property
   def num_slots(self) -> int:
@@ -179,6 +190,7 @@ class Generator(nn.Module):
           f'dim_z={self.dim_z} must split into {self.num_slots} equal '
           f'hierarchical chunks at resolution {self.resolution}: use a '
           f'multiple of {self.num_slots} (e.g. 120 at 128 px)')
+    extensions.check_forms(self.extensions, self.new_classes)
 
   @nn.compact
   def __call__(self, z, labels, train: bool = False):
@@ -186,7 +198,7 @@ class Generator(nn.Module):
     self._validate()
     check_labels(labels, self.num_labels)
     form = self.new_classes if self.num_new_classes else None
-    new_bn = form and form.bn_layers(self.num_classes, self.num_new_classes,
+    new_bn = form and form.bn_layers(self.first_new_label, self.num_new_classes,
                                      kp.variant_for(self.shared_dim),
                                      self.sn_eps, self.weights_init)
     z, mined_class = self._front(form, z, labels, train)
@@ -240,12 +252,13 @@ class Generator(nn.Module):
             layers.weight_init(self.weights_init),
             self.dtype,
             name=f'attention_{i}')(h, train)
-    source_samples = None
+    frozen_stats = None
     if new_bn is not None:
-      source_samples = labels < self.num_classes
+      firsts = self._first_labels()
+      frozen_stats = (extensions.generation(labels, firsts), len(firsts))
     h = nn.relu(
         layers.AffineBatchNorm(dtype=self.dtype,
-                               name='output_bn')(h, train, source_samples))
+                               name='output_bn')(h, train, frozen_stats))
     h = layers.SNConv(
         3,
         3,
@@ -272,6 +285,23 @@ class Generator(nn.Module):
     return ([m * self.ch for m in ins], [m * self.ch for m in outs],
             resolutions)
 
+  def _first_labels(self) -> list:
+    return extensions.first_labels(self.num_classes,
+                                   [e.num_classes for e in self.extensions])
+
+  def _earlier_layers(self) -> tuple:
+    """`(num_classes, factory)` of each earlier extension's BN layers, which
+    propagate from every class before them."""
+    variant = kp.variant_for(self.shared_dim)
+    made = []
+    for index, first in enumerate(self._first_labels()[:-1], 1):
+      extension = self.extensions[index - 1]
+      count = extension.num_classes
+      made.append((count,
+                   extension.form.bn_layers(first, count, variant, self.sn_eps,
+                                            self.weights_init, index)))
+    return tuple(made)
+
   def _bn_factory(self, new_class_layer):
     """A partial building every conditional BN layer alike."""
     return _partial(
@@ -280,6 +310,7 @@ class Generator(nn.Module):
         cond_dim=self.shared_dim,
         num_new_classes=self.num_new_classes if new_class_layer else 0,
         new_class_layer=new_class_layer,
+        earlier_layers=self._earlier_layers() if new_class_layer else (),
         eps=self.bn_eps,
         sn_eps=self.sn_eps,
         weights_init=self.weights_init,

@@ -298,6 +298,10 @@ class Generator(nn.Module):
     return 0  # no knowledge propagation: labels are the source classes
 
   @property
+  def first_new_label(self) -> int:
+    return self.num_classes
+
+  @property
   def num_labels(self) -> int:
     return self.num_classes
 

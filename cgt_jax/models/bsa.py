@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from flax import linen as nn
 
+from cgt_jax.models import extensions
 from cgt_jax.models import kp
 from cgt_jax.models import new_classes
 
@@ -33,11 +34,20 @@ def part_of(path: str) -> Optional[kp.Part]:
 class FreeVectors(new_classes.NewClassForm):
   """The generator's new-class layer form for BSA (no options)."""
 
-  def bn_layers(self, num_source: int, num_new: int, variant: kp.Variant,
-                sn_eps: float, weights_init: str):
+  module = MODULE
+  extends_continually = True
+
+  def bn_layers(self,
+                num_source: int,
+                num_new: int,
+                variant: kp.Variant,
+                sn_eps: float,
+                weights_init: str,
+                extension: int = 0):
     """A factory `(features, z_dim) -> FreeClassVectors` (see
     `kp.KPOptions.bn_layers`)."""
     del num_source, num_new, sn_eps  # nothing is propagated
+    name = extensions.module_name(MODULE, extension) if extension else MODULE
 
     def make(features, z_dim):
       return FreeClassVectors(
@@ -45,7 +55,7 @@ class FreeVectors(new_classes.NewClassForm):
           variant=variant,
           z_dim=z_dim,
           weights_init=weights_init,
-          name=MODULE)
+          name=name)
 
     return make
 

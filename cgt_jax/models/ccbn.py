@@ -2,7 +2,9 @@
 
 One layer serves the paper's problem (4): global labels 0..N-1 take the
 source classes' own BN parameters, labels N..N+M-1 the new classes'
-parameters from knowledge propagation (`kp.KnowledgePropagation`).
+parameters from knowledge propagation (`kp.KnowledgePropagation`). A
+continually extended generator (`models.extensions`) also holds the
+frozen layers of its earlier extensions, each serving its own labels.
 
 The source parameters come in BigGAN's two forms, both with "1 + gain":
 
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cgt_jax.models import extensions
 from cgt_jax.models import layers
 
 
@@ -33,6 +36,9 @@ class ClassConditionalBatchNorm(nn.Module):
     new_class_layer: `(features, z_dim) -> module` building the layer that
       gives new classes their `(gain, bias)` (`KPOptions.bn_layers`,
       `FreeVectors.bn_layers`); None when M = 0.
+    earlier_layers: `(num_classes, factory)` of each earlier extension in
+      label order (labels N.. before the newest M), factories like
+      `new_class_layer`; their layers run in eval mode (frozen).
     eps: BN eps. sn_eps: spectral-norm eps of the SN linears.
     weights_init: 'ortho' or 'N02'.
   """
@@ -40,6 +46,7 @@ class ClassConditionalBatchNorm(nn.Module):
   cond_dim: int = 0
   num_new_classes: int = 0
   new_class_layer: Optional[Callable] = None
+  earlier_layers: tuple = ()
   eps: float = 1e-5
   sn_eps: float = 1e-8
   weights_init: str = 'N02'
@@ -55,24 +62,38 @@ class ClassConditionalBatchNorm(nn.Module):
     """x `[B, H, W, C]`, labels `[B]` int, class_embedding `[B, cond_dim]`
     (shared form; per-class tables: None, or MineGAN's mixture weights
     `[B, N]` for labels >= N, see `_table_gain_bias`)."""
-    is_new = labels >= self.num_classes
+    firsts = extensions.first_labels(
+        self.num_classes, [count for count, _ in self.earlier_layers])
     gain, bias = self._source_gain_bias(
         x.shape[-1],
         labels,
         class_embedding,
         z_chunk,
         train,
-        used=True if not self.num_new_classes else jnp.any(~is_new))
+        used=True if not self.num_new_classes else jnp.any(
+            labels < self.num_classes))
+    z_dim = 0 if z_chunk is None else z_chunk.shape[-1]
+    class_layers = list(self.earlier_layers)
     if self.num_new_classes:
-      onehot = jax.nn.one_hot(labels - self.num_classes, self.num_new_classes)
-      new_layer = self.new_class_layer(
-          x.shape[-1], 0 if z_chunk is None else z_chunk.shape[-1])
-      new_gain, new_bias = new_layer(
-          onehot, z_chunk, train, used=jnp.any(is_new))
-      gain = jnp.where(is_new[:, None], new_gain, gain)
-      bias = jnp.where(is_new[:, None], new_bias, bias)
-    out = layers.normalize_batch(self, x, train, self.eps,
-                                 ~is_new if self.num_new_classes else None)
+      class_layers.append((self.num_new_classes, self.new_class_layer))
+    for index, ((count, make), first) in enumerate(zip(class_layers, firsts)):
+      newest = index == len(class_layers) - 1
+      member = labels >= first
+      if not newest:
+        member &= labels < first + count
+      onehot = jax.nn.one_hot(labels - first, count)
+      # Earlier extensions are frozen: eval mode, their SN vectors stay.
+      class_gain, class_bias = make(x.shape[-1], z_dim)(
+          onehot,
+          z_chunk,
+          train and newest,
+          used=jnp.any(member) if newest else False)
+      gain = jnp.where(member[:, None], class_gain, gain)
+      bias = jnp.where(member[:, None], class_bias, bias)
+    frozen_stats = None
+    if self.num_new_classes:
+      frozen_stats = (extensions.generation(labels, firsts), len(firsts))
+    out = layers.normalize_batch(self, x, train, self.eps, frozen_stats)
     out = out * gain[:, None, None, :] + bias[:, None, None, :]
     return out.astype(self.dtype)
 

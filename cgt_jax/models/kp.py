@@ -50,6 +50,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 
+from cgt_jax.models import extensions
 from cgt_jax.models import layers
 from cgt_jax.models import new_classes
 
@@ -156,19 +157,30 @@ class KPOptions(new_classes.NewClassForm):
   use_residuals: bool = True
   shared_similarity: bool = False
 
-  def bn_layers(self, num_source: int, num_new: int, variant: Variant,
-                sn_eps: float, weights_init: str):
+  module = MODULE
+  extends_continually = True
+
+  def bn_layers(self,
+                num_source: int,
+                num_new: int,
+                variant: Variant,
+                sn_eps: float,
+                weights_init: str,
+                extension: int = 0):
     """A factory `(features, z_dim) -> KnowledgePropagation` building the
     new-class layer of every conditional BN.
 
     Called inside the generator's compact `__call__`, so that a shared
     similarity pair is created once, as the generator's child.
+    `extension` g > 0 builds earlier extension g's layers
+    (`extensions.module_name`), else the newest classes'.
     """
+    name = extensions.module_name(MODULE, extension) if extension else MODULE
     similarity = None
     if self.shared_similarity:
       similarity = tuple(
           similarity_layer(num_source, num_new, variant, weights_init,
-                           SHARED_PREFIX + Part.SIMILARITY.layer(which))
+                           f'{name}_{Part.SIMILARITY.layer(which)}')
           for which in WHICH)
 
     def make(features, z_dim):
@@ -181,7 +193,7 @@ class KPOptions(new_classes.NewClassForm):
           weights_init=weights_init,
           use_residuals=self.use_residuals,
           similarity=similarity,
-          name=MODULE)
+          name=name)
 
     return make
 

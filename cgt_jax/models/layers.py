@@ -265,7 +265,7 @@ def normalize_batch(module: nn.Module,
                     x: jax.Array,
                     train: bool,
                     eps: float,
-                    source_samples: Optional[jax.Array] = None) -> jax.Array:
+                    frozen_stats: Optional[tuple] = None) -> jax.Array:
   """`(x - mean) / sqrt(var + eps)` per channel, PyTorch `F.batch_norm` style.
 
   Train mode normalises with the biased batch variance over (N, H, W) and
@@ -274,11 +274,14 @@ def normalize_batch(module: nn.Module,
   Under `jit` with a batch sharded over devices the mean is global, i.e.
   cross-replica (synchronised) BN.
 
-  `source_samples` (bool `[B]`, a generator extended by new classes): the
-  running statistics follow the classes being trained, as in the reference,
-  but the source classes' statistics are also kept, frozen, in
-  `source_stats/{mean, var}`, and eval mode normalises source samples with
-  them: training new classes would otherwise shift every source class.
+  `frozen_stats` (a generator extended by new classes): `(index, count)`,
+  index int `[B]`. The running statistics follow the classes being trained,
+  as in the reference, but the classes learned before keep theirs, frozen,
+  in `source_stats`: set 0 (`mean`, `var`) the source classes', set g > 0
+  (`mean_extension_g`, ...) those of earlier extension g of a continually
+  extended generator (`models.extensions`). In eval mode sample i uses set
+  `index[i]` when it is below `count`, else the running statistics:
+  training new classes would otherwise shift every class learned before.
   """
   features = x.shape[-1]
   ra_mean = module.variable(STATS_COLLECTION, 'mean', jnp.zeros, (features,),
@@ -297,16 +300,26 @@ def normalize_batch(module: nn.Module,
                       (n / max(n - 1, 1)))
   else:
     mean, var = ra_mean.value, ra_var.value
-  if source_samples is not None:
-    source_mean = module.variable(SOURCE_STATS_COLLECTION, 'mean', jnp.zeros,
-                                  (features,), jnp.float32).value
-    source_var = module.variable(SOURCE_STATS_COLLECTION, 'var', jnp.ones,
-                                 (features,), jnp.float32).value
-    if not train:
-      pick = source_samples.reshape((-1,) + (1,) * (x.ndim - 1))
-      mean = jnp.where(pick, source_mean, mean)
-      var = jnp.where(pick, source_var, var)
+  if frozen_stats is not None:
+    index, count = frozen_stats
+    for which in range(count):
+      frozen_mean = module.variable(SOURCE_STATS_COLLECTION,
+                                    frozen_stats_name('mean', which), jnp.zeros,
+                                    (features,), jnp.float32).value
+      frozen_var = module.variable(SOURCE_STATS_COLLECTION,
+                                   frozen_stats_name('var', which), jnp.ones,
+                                   (features,), jnp.float32).value
+      if not train:
+        pick = (index == which).reshape((-1,) + (1,) * (x.ndim - 1))
+        mean = jnp.where(pick, frozen_mean, mean)
+        var = jnp.where(pick, frozen_var, var)
   return (x32 - mean) * jax.lax.rsqrt(var + eps)
+
+
+def frozen_stats_name(statistic: str, which: int) -> str:
+  """The `source_stats` variable of `statistic` ('mean', 'var') in frozen
+  set `which` (`normalize_batch`)."""
+  return statistic if not which else f'{statistic}_extension_{which}'
 
 
 class AffineBatchNorm(nn.Module):
@@ -318,11 +331,11 @@ class AffineBatchNorm(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False, source_samples=None):
+  def __call__(self, x, train: bool = False, frozen_stats=None):
     features = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (features,))
     bias = self.param('bias', nn.initializers.zeros, (features,))
-    normalized = normalize_batch(self, x, train, self.eps, source_samples)
+    normalized = normalize_batch(self, x, train, self.eps, frozen_stats)
     return (normalized * scale + bias).astype(self.dtype)
 
 

@@ -3,23 +3,26 @@
 This is the format `tools/convert_biggan.py` writes, every training stage
 exports, `config.source_checkpoint` reads and `tools/sample.py` samples from:
 
-    DIR/architecture.json   {"generator": {...}, "discriminator": {...} | null}
+    DIR/architecture.json   {"generator": {...}, "discriminator": {...},
+                             "classes": [names in label order] (if known)}
     DIR/variables/          orbax StandardCheckpointer tree
                             {"generator": {...}, "discriminator": {...}}
 
 The architecture dicts are the keyword arguments of `biggan.Generator` and
 `biggan.Discriminator` (with the generator's `new_classes` form as a dict
-tagged by `form`, see `NEW_CLASS_FORMS`), so a directory alone rebuilds the
-models. A save goes to a staging sibling of this run first and is renamed
-into place (`runtime.atomic_dir`), so a failed save never leaves a
-half-written directory and never removes a folder the program did not make.
+tagged by `form`, see `NEW_CLASS_FORMS`; a continually extended one also
+lists its earlier `extensions`, each `{"num_classes", "new_classes"}`), so a
+directory alone rebuilds the models. A save goes to a staging sibling of
+this run first and is renamed into place (`runtime.atomic_dir`), so a
+failed save never leaves a half-written directory and never removes a
+folder the program did not make.
 """
 
 import contextlib
 import dataclasses
 import json
 import pathlib
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +32,7 @@ import orbax.checkpoint as ocp
 from cgt_jax.models import biggan
 from cgt_jax.models import biggan_deep
 from cgt_jax.models import bsa
+from cgt_jax.models import extensions
 from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import minegan
@@ -57,6 +61,9 @@ def build_generator(arch: dict):
   kwargs = dict(arch)
   kwargs['new_classes'] = _new_class_form(kwargs)
   kwargs['attention'] = tuple(kwargs.get('attention', ()))
+  kwargs['extensions'] = tuple(
+      extensions.Extension(e['num_classes'], _new_class_form(dict(e)))
+      for e in kwargs.get('extensions', ()))
   return biggan.Generator(**kwargs)
 
 
@@ -103,6 +110,11 @@ def module_arch(module) -> dict:
     value = getattr(module, field.name)
     if field.name == 'new_classes':
       value = _form_dict(value)
+    elif field.name == 'extensions':
+      value = [{
+          'num_classes': e.num_classes,
+          'new_classes': _form_dict(e.form)
+      } for e in value]
     elif isinstance(value, tuple):
       value = list(value)
     elif field.name in ('dtype', 'remat'):
@@ -132,8 +144,13 @@ def save(directory,
          generator_variables,
          discriminator_arch: Optional[dict] = None,
          discriminator_variables=None,
-         overwrite: bool = False) -> pathlib.Path:
+         overwrite: bool = False,
+         classes: Sequence[str] = ()) -> pathlib.Path:
   """Writes a model directory atomically (`runtime.atomic_dir`).
+
+  `classes`: the generator's class names in label order, when known;
+  `architecture.json` records them (`recorded_classes`), so that a later
+  run can check its class lists against the model.
 
   An existing directory at `directory` is replaced only with `overwrite`
   (else ModelDirError, before anything is written). On several processes
@@ -152,6 +169,8 @@ def save(directory,
     with _naming_errors(directory):
       atomic_dir.create_staging(directory, token)
       arch = {'generator': generator_arch, 'discriminator': discriminator_arch}
+      if classes:
+        arch['classes'] = list(classes)
       (staging / ARCHITECTURE_FILE).write_text(json.dumps(arch, indent=2))
   parallel.sync(f'model_io: staging {staging}')
   tree = {'generator': jax.tree_util.tree_map(np.asarray, generator_variables)}
@@ -218,6 +237,12 @@ def load_architecture(directory) -> dict:
         ': point to a directory written by tools/convert_biggan.py or by a '
         'training stage (WORKDIR/<stage>/model)')
   return json.loads(path.read_text())
+
+
+def recorded_classes(directory) -> list:
+  """The class names a model directory records, in label order ([] when
+  it does not: a converted model, or one written before they were)."""
+  return list(load_architecture(directory).get('classes', ()))
 
 
 def load(directory):

@@ -24,10 +24,21 @@ model directories name them by a tag (`model_io.NEW_CLASS_FORMS`).
 class NewClassForm:
   """Defaults of the protocol: no BN layers, no front, statistics train."""
   trains_generator_statistics = True
+  # Whether a generator extended with this form can be extended again
+  # (`models.extensions`): the forms with conditional-BN layers.
+  extends_continually = False
 
-  def bn_layers(self, num_source, num_new, variant, sn_eps, weights_init):
-    """None, or `(features, z_dim) -> module` giving `(gain, bias)`."""
-    del num_source, num_new, variant, sn_eps, weights_init
+  def bn_layers(self,
+                num_source,
+                num_new,
+                variant,
+                sn_eps,
+                weights_init,
+                extension=0):
+    """None, or `(features, z_dim) -> module` giving `(gain, bias)`; with
+    `extension` g > 0 the layer of earlier extension g (a continually
+    extended generator, `models.extensions`)."""
+    del num_source, num_new, variant, sn_eps, weights_init, extension
     return None
 
   def front(self, num_source, num_new, dim_z, class_width, mixture, sn_eps,

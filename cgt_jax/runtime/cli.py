@@ -137,6 +137,19 @@ def command_line(argv: Optional[Sequence[str]] = None) -> list:
   return sys.argv[:1] + (sys.argv[1:] if argv is None else list(argv))
 
 
+def report(work: Callable[[], str], stopped: tuple, stopped_status: int) -> int:
+  """Runs a program's `work` and prints the text it returns (status 0); a
+  run stopped to be resumed (one of `stopped`, e.g. by SIGTERM) prints why
+  on stderr instead and gives `stopped_status`."""
+  try:
+    text = work()
+  except stopped as stop:
+    print(stop, file=sys.stderr)
+    return stopped_status
+  print(text)
+  return 0
+
+
 def print_error(error) -> None:
   """Reports a user mistake as one line: the first of its message."""
   message = str(error).splitlines()[0] if str(error) else repr(error)

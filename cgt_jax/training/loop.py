@@ -417,7 +417,8 @@ def _save_models(spec, directory, state):
       state.g_variables(),
       model_io.module_arch(spec.discriminator),
       state.d_variables(),
-      overwrite=True)
+      overwrite=True,
+      classes=spec.model_classes)
 
 
 def _export(run, state, metrics, seconds, best, previous_model):
@@ -449,7 +450,8 @@ def _export(run, state, metrics, seconds, best, previous_model):
         state.g_ema,
         model_io.module_arch(spec.discriminator),
         state.d_variables(),
-        overwrite=True)
+        overwrite=True,
+        classes=spec.model_classes)
     if run.evaluate is not None:
       ema = {'final_eval_ema': run.evaluate(state.g_ema)}
   if jax.process_index() == 0:

@@ -57,6 +57,9 @@ class StageSetup:
     ema_decay, ema_start: G EMA (decay None: off).
     augment: the DiffAugment `Policy` applied to every image D sees in
       training (`training.diffaugment`), or None.
+    kept_g_sn: '/'-joined paths of G's layers whose spectral-norm vector
+      stays as it is in train-mode forwards (`config.frozen_sn` 'keep':
+      the frozen layers).
   """
   generator: biggan.Generator
   discriminator: biggan.Discriminator
@@ -72,6 +75,7 @@ class StageSetup:
   ema_decay: Optional[float] = None
   ema_start: int = 0
   augment: Any = None
+  kept_g_sn: frozenset = frozenset()
 
   @property
   def real_per_step(self) -> int:

@@ -29,6 +29,7 @@ import functools
 from typing import Optional
 
 import flax
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -195,7 +196,23 @@ def generate_train_mode(setup, g_params, g_state, z, labels):
                                             train=True,
                                             mutable=G_MUTABLE)
   # Collections the forward does not change (source_stats) are kept.
-  return images, {**g_state, **new_state}
+  new_state = {**g_state, **new_state}
+  if setup.kept_g_sn:
+    new_state['sn'] = _keep_sn(g_state['sn'], new_state['sn'], setup.kept_g_sn)
+  return images, new_state
+
+
+def _keep_sn(before, after, kept_layers):
+  """`after`'s SN vectors, but `before`'s for the layers in `kept_layers`
+  (chosen while tracing: nothing is computed for them)."""
+  old = traverse_util.flatten_dict(dict(before), sep='/')
+  new = traverse_util.flatten_dict(dict(after), sep='/')
+  return traverse_util.unflatten_dict(
+      {
+          path: old[path] if path.rsplit('/', 1)[0] in kept_layers else value
+          for path, value in new.items()
+      },
+      sep='/')
 
 
 def discriminate_train_mode(setup,

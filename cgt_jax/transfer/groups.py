@@ -19,6 +19,10 @@ The authors' `requires_grad` toggling, in these terms:
 * fine-tuning (their stage `FT`): all but similarity and prior.
 
 MineGAN: `MINER` while mining, then `SOURCE | MINER`.
+
+A continually extended generator (`models.extensions`) keeps the layers
+of its earlier extensions in `EARLIER_CLASSES`, which no stage trains: the
+classes learned before keep their images.
 """
 
 import re
@@ -27,6 +31,7 @@ from typing import Mapping
 from flax import traverse_util
 
 from cgt_jax.models import bsa
+from cgt_jax.models import extensions
 from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import minegan
@@ -58,12 +63,17 @@ BSA_VECTORS = frozenset(_BSA_GROUPS.values())
 MINER = frozenset({'miner'})  # MineGAN's miners in front of G
 # Hyper-Modulation: the class network and the per-layer hypernetworks.
 HYPER_MODULATION = frozenset({'class_network', 'hypernetworks'})
-ALL = SOURCE | KNOWLEDGE_PROPAGATION | BSA_VECTORS | MINER | HYPER_MODULATION
+# The frozen new-class layers of earlier extensions (continual extension).
+EARLIER_CLASSES = frozenset({'earlier_classes'})
+ALL = frozenset().union(SOURCE, KNOWLEDGE_PROPAGATION, BSA_VECTORS, MINER,
+                        HYPER_MODULATION, EARLIER_CLASSES)
 
 
 def group_of(path: str) -> str:
   """The one group a `/`-joined generator parameter path belongs to."""
   hits = []
+  if extensions.index_of(path) is not None:
+    hits.append('earlier_classes')
   part = kp.part_of(path)
   if part is not None:
     hits.append(_KP_GROUPS[part])
@@ -131,3 +141,16 @@ def count_trained(params: Mapping, mask: Mapping) -> int:
   flat = traverse_util.flatten_dict(dict(params), sep='/')
   flat_mask = traverse_util.flatten_dict(dict(mask), sep='/')
   return int(sum(v.size for k, v in flat.items() if flat_mask[k]))
+
+
+def frozen_sn_layers(variables: Mapping, mask: Mapping) -> frozenset:
+  """'/'-joined paths of the spectrally normalised layers (`sn/<layer>/u`)
+  none of whose parameters train under `mask`."""
+  flat_mask = traverse_util.flatten_dict(dict(mask), sep='/')
+  trains = {}
+  for path, trained in flat_mask.items():
+    layer = path.rsplit('/', 1)[0]
+    trains[layer] = trains.get(layer, False) or trained
+  sn = traverse_util.flatten_dict(dict(variables.get('sn', {})), sep='/')
+  layers = {path.rsplit('/', 1)[0] for path in sn}
+  return frozenset(layer for layer in layers if not trains.get(layer, False))

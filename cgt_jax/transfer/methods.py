@@ -30,7 +30,9 @@ A method object says:
 * `losses(stage_config, adversarial)`: its D and G losses
   (`cgt_jax.training.losses`; `adversarial` is the run's choice);
 * `stages(requested)`: which stages apply to it, and
-  `stage_config(stage, config)` the settings each trains with.
+  `stage_config(stage, config)` the settings each trains with;
+* `continual`: whether it extends an already extended generator again
+  (kp, bsa: `models.extensions`; the classes it knew become sources).
 
 Adding a method is one subclass here (or a module beside it) plus its tests.
 Variants are named sets of config switches on a method: the paper's Table 2
@@ -47,6 +49,7 @@ import jax.numpy as jnp
 
 from cgt_jax.models import biggan
 from cgt_jax.models import bsa
+from cgt_jax.models import extensions
 from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import minegan
@@ -124,6 +127,9 @@ class Method:
   # The source form it transfers: conditional (N classes) or one class
   # (`config.model.conditional`); a comparison pretrains what each needs.
   conditional_source = True
+  # Whether it can extend an already extended generator again, every class
+  # it knows a source (continual extension, `models.extensions`).
+  continual = False
 
   @classmethod
   def from_config(cls, name: str, summary: str, config) -> 'Method':
@@ -182,18 +188,44 @@ class Method:
                 g_variables: Callable) -> Models:
     """Source G/D grown to the new classes; `g_variables(fresh_g)` builds
     G's starting variables, D gets a fresh projection table (`new_embed`),
-    as cGANTransfer's D does."""
+    as cGANTransfer's D does (extended again: fresh rows for the newest
+    classes after the rows it had)."""
     # An unconditional source D (no projection) gains one for the new
     # classes only.
     source_d = source.discriminator
     discriminator = source_d.clone(
-        num_new_classes=context.num_new,
+        num_new_classes=source_d.num_new_classes + context.num_new,
         projection=True,
         source_projection=source_d.source_projection and source_d.projection,
         dtype=context.dtype)
     fresh_g, fresh_d = fresh_variables(generator, discriminator, context.seed)
-    d_vars = variables_lib.merge(source.d_variables, fresh_d, 'discriminator')
+    d_source = surgery.extend_new_class_projection(source.d_variables, fresh_d)
+    d_vars = variables_lib.merge(d_source, fresh_d, 'discriminator')
     return Models(generator, discriminator, g_variables(fresh_g), d_vars)
+
+
+def _with_new_classes(source: Models, form, context: BuildContext):
+  """The source G with `context.num_new` new classes of `form`; a source
+  already extended keeps its newest classes as an earlier extension
+  (continual extension, `models.extensions`)."""
+  source_g = source.generator
+  earlier = tuple(source_g.extensions)
+  if source_g.num_new_classes:
+    earlier += (extensions.Extension(source_g.num_new_classes,
+                                     source_g.new_classes),)
+  return source_g.clone(
+      num_new_classes=context.num_new,
+      new_classes=form,
+      extensions=earlier,
+      dtype=context.dtype)
+
+
+def _from_source(source: Models, fresh: dict) -> dict:
+  """G's starting variables: the source's copied in, the KP prior filled
+  from every class the source knows (`surgery`)."""
+  if source.generator.num_new_classes:
+    return surgery.extend_again(source.generator, source.g_variables, fresh)
+  return surgery.init_from_source(source.g_variables, fresh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,21 +291,18 @@ class FreeVectors(Method):
   """BSA: a frozen G, free per-class BN scale/shift vectors."""
   bsa_start: str = 'mean'
   can_finetune = True
+  continual = True
 
   @classmethod
   def from_config(cls, name, summary, config):
     return cls(name, summary, config.method_options.bsa_start)
 
   def models(self, source, context):
-    generator = source.generator.clone(
-        num_new_classes=context.num_new,
-        new_classes=bsa.FreeVectors(),
-        dtype=context.dtype)
+    generator = _with_new_classes(source, bsa.FreeVectors(), context)
 
     def variables(fresh):
-      started = surgery.init_from_source(source.g_variables, fresh)
-      return surgery.start_bsa_vectors(started, self.bsa_start,
-                                       generator.sn_eps)
+      return surgery.start_bsa_vectors(
+          _from_source(source, fresh), self.bsa_start, generator.sn_eps)
 
     return self._extended(source, generator, context, variables)
 
@@ -290,6 +319,7 @@ class KnowledgePropagation(Method):
   options: kp.KPOptions = kp.KPOptions()
   update_prior: bool = True
   can_finetune = True
+  continual = True
 
   @classmethod
   def from_config(cls, name, summary, config):
@@ -301,13 +331,9 @@ class KnowledgePropagation(Method):
         update_prior=config.transfer.update_prior)
 
   def models(self, source, context):
-    generator = source.generator.clone(
-        num_new_classes=context.num_new,
-        new_classes=self.options,
-        dtype=context.dtype)
-    return self._extended(
-        source, generator, context,
-        lambda fresh: surgery.init_from_source(source.g_variables, fresh))
+    generator = _with_new_classes(source, self.options, context)
+    return self._extended(source, generator, context,
+                          lambda fresh: _from_source(source, fresh))
 
   def generator_groups(self, stage):
     if stage == 'finetune':  # paper sec. 5.4: all but similarity and prior

@@ -81,7 +81,12 @@ class Plan:
       return 1  # after the unconditional source's one class
     if self.source_checkpoint:
       arch = model_io.load_architecture(self.source_checkpoint)
-      return arch['generator']['num_classes']
+      generator = model_io.build_generator(arch['generator'])
+      if 'transfer' in self.stages:
+        # After every class the source knows (continual extension: its
+        # source classes and the classes it learned).
+        return generator.num_labels
+      return generator.first_new_label  # fine-tuning its newest classes
     return None
 
 
@@ -139,6 +144,7 @@ def _validate(config, method):
   _check_choice('model.resolution', config.model.resolution,
                 sorted(biggan.G_ARCH))
   _check_choice('dtype', config.dtype, ('float32', 'bfloat16'))
+  _check_choice('frozen_sn', config.get('frozen_sn', 'auto'), FROZEN_SN)
   _check_choice('loss', config.loss, ('',) + tuple(losses_lib.ADVERSARIAL))
   for stage in chosen:
     _validate_stage(stage, method.stage_config(stage, config),
@@ -184,6 +190,9 @@ class StageSpec:
     dataset: the real images of the classes the stage trains, with the
       generator's labels (`dataset.label_range`).
     setup: the static training description the jitted step closes over.
+    model_classes: the generator's class names in label order, recorded
+      with its exports; () when not known (a source model that does not
+      record them, with no source class list in the config).
   """
   stage: str
   generator: Any
@@ -194,6 +203,7 @@ class StageSpec:
   d_trainable: dict
   dataset: datasets.ClassDataset
   setup: state_lib.StageSetup
+  model_classes: tuple = ()
 
   @property
   def class_names(self) -> list:
@@ -277,11 +287,17 @@ def _transfer_models(plan, data, previous, stage_dir) -> methods.Models:
   source = None
   if plan.method.uses_source:
     source = load_models(previous)
-    _check_source(source.generator, previous, config, data)
+    _check_source(source.generator, previous, plan, data)
   return plan.method.models(source, context)
 
 
-def _check_source(generator, previous, config, data):
+def _source_names(config, data) -> list:
+  """The source classes the config names (or the run loaded), else []."""
+  return list(config.data.source_classes) or data.source_names
+
+
+def _check_source(generator, previous, plan, data):
+  config = plan.config
   if not config.model.conditional:
     if generator.num_classes != 1:
       raise ConfigError(
@@ -290,20 +306,52 @@ def _check_source(generator, previous, config, data):
           'classes: give a one-class (unconditional) model, or pretrain '
           "one with 'pretrain' in config.stages")
     return
-  names = list(config.data.source_classes) or data.source_names
-  if names and len(names) != generator.num_classes:
-    hint = (' (a one-class model is unconditional: set '
-            'config.model.conditional=False)'
-            if generator.num_classes == 1 else '')
-    raise ConfigError(
-        f'the source model {previous} has {generator.num_classes} classes '
-        f'but the config names {len(names)} source classes: make '
-        'config.data.source_classes match the model the source was trained '
-        f'on{hint}')
-  if generator.num_new_classes:
+  if generator.num_new_classes and not plan.method.continual:
     raise ConfigError(
         f'{previous} already has {generator.num_new_classes} new classes: '
-        'transfer starts from a plain BigGAN; use stage finetune instead')
+        f'config.method={config.method} starts from a plain BigGAN; extend it '
+        'again with kp or bsa (continual extension) or fine-tune it (stage '
+        'finetune)')
+  recorded = model_io.recorded_classes(previous)
+  taught = [n for n in data.target.class_names if n in recorded]
+  if taught:
+    raise ConfigError(
+        f'{previous} already has the classes {taught}: remove them from '
+        'config.data.target_classes')
+  names = _source_names(config, data)
+  known = generator.num_labels
+  if names and len(names) != known:
+    hint = (' (a one-class model is unconditional: set '
+            'config.model.conditional=False)' if known == 1 else '')
+    if known != generator.num_classes:
+      hint = (f' ({generator.num_classes} source classes, then the '
+              f'{known - generator.num_classes} it learned, in label order)')
+    raise ConfigError(
+        f'the source model {previous} has {known} classes but the config '
+        f'names {len(names)} source classes: make config.data.source_classes '
+        f'match the classes of the model{hint}')
+  if recorded and names and names != recorded:
+    wrong = next(i for i, (a, b) in enumerate(zip(names, recorded)) if a != b)
+    raise ConfigError(
+        f'config.data.source_classes[{wrong}] is {names[wrong]!r} but label '
+        f'{wrong} of {previous} is {recorded[wrong]!r}: list the model\'s '
+        'classes in label order (its architecture.json "classes")')
+
+
+def _model_classes(stage, source_names, previous, generator, dataset) -> tuple:
+  """The class names of a stage's generator in label order, when known:
+  the model's own record (fine-tuning), or the source model's classes
+  (recorded, else the config's when they add up) and the new ones; ()
+  when they are not known."""
+  if generator.num_labels == dataset.num_classes:  # the new classes only
+    return tuple(dataset.class_names)
+  recorded = model_io.recorded_classes(previous) if previous else []
+  if stage == 'finetune' and len(recorded) == generator.num_labels:
+    return tuple(recorded)
+  known = (recorded if stage == 'transfer' else []) or list(source_names)
+  if len(known) != generator.first_new_label:
+    return ()
+  return tuple(known) + tuple(dataset.class_names)
 
 
 def _finetune_models(plan, data, previous) -> methods.Models:
@@ -338,17 +386,20 @@ def stage_spec(stage: str,
   """
   if stage == 'pretrain':
     models, dataset = _pretrain_models(plan.config, data)
-  elif stage == 'transfer':
-    models = _transfer_models(plan, data, previous, stage_dir)
-    dataset = data.target
+    classes = tuple(dataset.class_names)
   else:
-    models = _finetune_models(plan, data, previous)
+    if stage == 'transfer':
+      models = _transfer_models(plan, data, previous, stage_dir)
+    else:
+      models = _finetune_models(plan, data, previous)
     dataset = data.target
+    classes = _model_classes(stage, _source_names(plan.config, data), previous,
+                             models.generator, dataset)
   g_mask, d_mask, setup = training_setup(stage, plan, models,
                                          dataset.label_range)
   return StageSpec(stage, models.generator, models.discriminator,
                    models.g_variables, models.d_variables, g_mask, d_mask,
-                   dataset, setup)
+                   dataset, setup, classes)
 
 
 def _pretrain_models(config, data) -> tuple:
@@ -389,6 +440,9 @@ def training_setup(stage: str, plan: Plan, models: methods.Models,
   d_frozen = not all(jax.tree_util.tree_leaves(d_mask))
   g_opt, d_opt = state_lib.optimizers(c, g_mask, d_mask if d_frozen else None,
                                       factors)
+  kept_sn = frozenset()
+  if stage != 'pretrain' and keeps_frozen_sn(plan.config, models.generator):
+    kept_sn = groups.frozen_sn_layers(models.g_variables, g_mask)
   generator, discriminator = models.generator, models.discriminator
   if plan.config.get('remat', False):
     generator = generator.clone(remat=True)
@@ -407,5 +461,18 @@ def training_setup(stage: str, plan: Plan, models: methods.Models,
       losses=losses,
       ema_decay=c.ema_decay or None,
       ema_start=c.ema_start,
-      augment=diffaugment.Policy.parse(plan.config.get('augment', '')))
+      augment=diffaugment.Policy.parse(plan.config.get('augment', '')),
+      kept_g_sn=kept_sn)
   return g_mask, d_mask, setup
+
+
+FROZEN_SN = ('auto', 'advance', 'keep')
+
+
+def keeps_frozen_sn(config, generator) -> bool:
+  """Whether G's frozen layers keep their SN vectors (`config.frozen_sn`;
+  'auto': when the generator extends an already extended one)."""
+  choice = config.get('frozen_sn', 'auto')
+  if choice == 'auto':
+    return bool(getattr(generator, 'extensions', ()))
+  return choice == 'keep'

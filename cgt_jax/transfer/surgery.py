@@ -6,6 +6,9 @@
 * `extend_class_tables` (TransferGAN, FreezeD): a plain BigGAN with M rows
   appended to every class-indexed table.
 * `start_bsa_vectors` (BSA): the free per-class vectors' starting point.
+* `extend_again` (continual extension, `models.extensions`): an extended
+  generator extended once more, every class it knew a source of the new
+  prior; `extend_new_class_projection` grows its D alike.
 
 The literature leaves the baselines' starting points open (docs/METHODS.md
 says what each original paper did); each is a documented option in
@@ -20,6 +23,7 @@ says what each original paper did); each is a documented option in
 """
 
 import re
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from cgt_jax.models import bsa
+from cgt_jax.models import extensions
 from cgt_jax.models import hypermod
 from cgt_jax.models import kp
 from cgt_jax.models import layers
@@ -52,7 +57,8 @@ def _new_class_layer(path: str):
   return None
 
 
-def propagate_source_knowledge(params: dict) -> dict:
+def propagate_source_knowledge(params: dict,
+                               learned_rows: Optional[dict] = None) -> dict:
   """Fills every KP prior (and z projection, KP or BSA) from the source BN
   parameters.
 
@@ -64,9 +70,15 @@ def propagate_source_knowledge(params: dict) -> dict:
     form): `prior_gamma.kernel = E @ W[:D]` (row k = the class-k part of the
     raw, un-normalised pretrained linear) and `z_proj_gamma.kernel = W[D:]`.
 
+  A continually extended generator (`models.extensions`) propagates from
+  every class it knew: `learned_rows` (`learned_class_rows` of the model
+  it extends) follow the source rows in its prior.
+
   Args:
     params: the extended generator's `params` (new layers freshly
       initialised).
+    learned_rows: `{bn layer: {'gamma': [L, C], 'beta': [L, C]}}`, the
+      prior rows of the L classes learned before, or None.
   Returns:
     A new params tree; nothing else is changed.
   """
@@ -83,20 +95,161 @@ def propagate_source_knowledge(params: dict) -> dict:
     if shared is None:
       # A copy: sharing one buffer with the source table would break donation.
       out[key] = jnp.array(flat[f'{source}/embedding'], copy=True)
-      continue
-    weight = jnp.asarray(flat[f'{source}/kernel'])
-    dim = shared.shape[1]
-    if part is kp.Part.Z_PROJECTION:
-      out[key] = weight[dim:]
     else:
+      weight = jnp.asarray(flat[f'{source}/kernel'])
+      dim = shared.shape[1]
+      if part is kp.Part.Z_PROJECTION:
+        out[key] = weight[dim:]
+        continue
       out[key] = jnp.matmul(
           jnp.asarray(shared),
           weight[:dim],
           precision=jax.lax.Precision.HIGHEST)
+    if learned_rows is not None and part is kp.Part.PRIOR:
+      out[key] = jnp.concatenate([out[key], learned_rows[bn][which]])
   return traverse_util.unflatten_dict(out, sep='/')
 
 
-def init_from_source(source_variables: dict, fresh_variables: dict) -> dict:
+def _is_class_layer(module, method_name) -> bool:
+  return method_name == '__call__' and isinstance(
+      module, (kp.KnowledgePropagation, bsa.FreeClassVectors))
+
+
+def learned_class_rows(generator, variables: dict) -> dict:
+  """The prior rows of an extended generator's learned classes, for its
+  next extension: `{bn layer: {'gamma': [L, C], 'beta': [L, C]}}`, row l
+  for label N + l.
+
+  A row is the class's BN offset at z = 0 as the generator draws it in
+  eval mode, `gamma - 1` and `beta`, captured from a forward pass of the
+  L labels (not recomputed, so it cannot drift from the model). In the
+  ImageNet form it is scaled by the source layer's spectral norm sigma(W):
+  a source class's row is the raw E_k W[:D], whose offset is
+  E_k W[:D] / sigma(W), so every row of the prior has the same scale.
+  """
+  first = generator.num_classes
+  labels = jnp.arange(first, generator.num_labels)
+  z = jnp.zeros((len(labels), generator.dim_z))
+  # One small forward, run op by op: compiling it would cost more.
+  _, state = generator.apply(
+      variables,
+      z,
+      labels,
+      capture_intermediates=_is_class_layer,
+      mutable=['intermediates'])
+  per_bn = {}
+  for path, calls in traverse_util.flatten_dict(
+      state['intermediates'], sep='/').items():
+    bn = path.rsplit('/', 2)[0]  # <bn>/<layer>/__call__
+    (gain, bias), = calls
+    # Earlier extension g's classes come before the newest ones.
+    order = extensions.index_of(path) or len(generator.extensions) + 1
+    per_bn.setdefault(bn, []).append((order, gain - 1, bias))
+  firsts = extensions.first_labels(
+      0, [e.num_classes for e in generator.extensions])
+  rows = {}
+  for bn, outputs in per_bn.items():
+    outputs.sort(key=lambda item: item[0])
+    ends = firsts[1:] + [len(labels)]
+    gamma = jnp.concatenate(
+        [g[start:end] for (_, g, _), start, end in zip(outputs, firsts, ends)])
+    beta = jnp.concatenate(
+        [b[start:end] for (_, _, b), start, end in zip(outputs, firsts, ends)])
+    rows[bn] = {
+        which: rows_ * _source_sigma(generator, variables, bn, which)
+        for which, rows_ in (('gamma', gamma), ('beta', beta))
+    }
+  return rows
+
+
+def _source_sigma(generator, variables, bn, which):
+  """sigma(W) of a source BN linear in eval mode (ImageNet form), else 1."""
+  params = traverse_util.flatten_dict(dict(variables['params']), sep='/')
+  kernel = params.get(f'{bn}/{_SOURCE_LAYER[which]}/kernel')
+  if kernel is None:
+    return 1.0
+  sn = traverse_util.flatten_dict(
+      dict(variables[layers.SN_COLLECTION]), sep='/')
+  sigma, _ = layers.power_iteration(
+      jnp.asarray(kernel).T, sn[f'{bn}/{_SOURCE_LAYER[which]}/u'],
+      generator.sn_eps)
+  return sigma
+
+
+def retire_newest(generator, variables: dict) -> dict:
+  """An extended generator's variables as its next extension holds them:
+  the newest classes' layers renamed to earlier extension E + 1's
+  (`extensions.module_name`), and the BN running statistics, which
+  followed those classes, kept as that extension's frozen statistics
+  (`source_stats/*_extension_<E+1>`). Nothing is copied but renamed."""
+  index = len(generator.extensions) + 1
+  module = generator.new_classes.module
+  retired = dict(variables)
+  for collection in ('params', layers.SN_COLLECTION):
+    if collection in variables:
+      flat = traverse_util.flatten_dict(dict(variables[collection]), sep='/')
+      retired[collection] = traverse_util.unflatten_dict(
+          {
+              _retired_path(k, module, index): v for k, v in flat.items()
+          },
+          sep='/')
+  stats = traverse_util.flatten_dict(
+      dict(variables.get(layers.SOURCE_STATS_COLLECTION, {})), sep='/')
+  for key, value in traverse_util.flatten_dict(
+      dict(variables[layers.STATS_COLLECTION]), sep='/').items():
+    layer, statistic = key.rsplit('/', 1)
+    stats[f'{layer}/{layers.frozen_stats_name(statistic, index)}'] = value
+  retired[layers.SOURCE_STATS_COLLECTION] = traverse_util.unflatten_dict(
+      stats, sep='/')
+  return retired
+
+
+def _retired_path(path: str, module: str, index: int) -> str:
+  """`path` with the newest layer `module` renamed for extension `index`."""
+  if kp.part_of(path, module) is None:
+    return path
+  elements = path.split('/')
+  name = extensions.module_name(module, index)
+  if elements[0].startswith(module + '_'):  # a shared similarity pair
+    elements[0] = name + elements[0][len(module):]
+  else:
+    elements[elements.index(module, 1)] = name
+  return '/'.join(elements)
+
+
+def extend_again(generator, variables: dict, fresh_variables: dict) -> dict:
+  """The next extension's variables from an already extended generator
+  (`models.extensions`): its classes, original and learned, become the
+  rows of the new prior; every variable it has is kept (renamed by
+  `retire_newest`)."""
+  rows = learned_class_rows(generator, variables)
+  return init_from_source(
+      retire_newest(generator, variables), fresh_variables, rows)
+
+
+def extend_new_class_projection(source: dict, fresh: dict) -> dict:
+  """A discriminator's variables for more new classes: the projection rows
+  of the classes it knew (`new_embed` and its SN vector) first, the fresh
+  rows of the newest classes after them."""
+  grown = {}
+  for collection, tree in source.items():
+    flat = traverse_util.flatten_dict(dict(tree), sep='/')
+    fresh_flat = traverse_util.flatten_dict(
+        dict(fresh.get(collection, {})), sep='/')
+    for key, value in flat.items():
+      target = fresh_flat.get(key)
+      if key.startswith('new_embed/') and target is not None and np.shape(
+          target)[0] > np.shape(value)[0]:
+        flat[key] = jnp.concatenate(
+            [jnp.asarray(value),
+             jnp.asarray(target)[np.shape(value)[0]:]])
+    grown[collection] = traverse_util.unflatten_dict(flat, sep='/')
+  return grown
+
+
+def init_from_source(source_variables: dict,
+                     fresh_variables: dict,
+                     learned_rows: Optional[dict] = None) -> dict:
   """The extended generator's variables, built from a source generator.
 
   Every variable the source has (weights, BN statistics, SN vectors) is
@@ -104,7 +257,9 @@ def init_from_source(source_variables: dict, fresh_variables: dict) -> dict:
   layers keep their fresh initialisation except the prior and z projection,
   which `propagate_source_knowledge` fills. The source BN statistics are
   also kept, frozen, as `source_stats` (the source classes' eval-mode
-  statistics; `layers.normalize_batch`).
+  statistics; `layers.normalize_batch`), unless the source already keeps
+  its own (a continually extended generator, `extend_again`, which also
+  passes the `learned_rows` of its learned classes).
 
   Raises:
     ValueError naming the variable if a source variable is missing from the
@@ -112,11 +267,19 @@ def init_from_source(source_variables: dict, fresh_variables: dict) -> dict:
   """
   merged = variables_lib.merge(source_variables, fresh_variables,
                                'extended generator')
-  merged['params'] = propagate_source_knowledge(merged['params'])
+  merged['params'] = propagate_source_knowledge(merged['params'], learned_rows)
   if layers.SOURCE_STATS_COLLECTION in fresh_variables:
     # Copies: sharing buffers with batch_stats would break donation.
-    merged[layers.SOURCE_STATS_COLLECTION] = jax.tree_util.tree_map(
-        lambda x: jnp.array(x, copy=True), merged[layers.STATS_COLLECTION])
+    stats = traverse_util.flatten_dict(
+        jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True),
+                               merged[layers.STATS_COLLECTION]),
+        sep='/')
+    stats.update(
+        traverse_util.flatten_dict(
+            dict(source_variables.get(layers.SOURCE_STATS_COLLECTION, {})),
+            sep='/'))
+    merged[layers.SOURCE_STATS_COLLECTION] = traverse_util.unflatten_dict(
+        stats, sep='/')
   return merged
 
 
