@@ -118,9 +118,18 @@ def _group(everything, names, first_label) -> datasets.ClassDataset:
   return datasets.select_classes(everything, names).relabelled(first_label)
 
 
+def _generators(models: dict) -> dict:
+  """`{name: (generator, generator variables)}` of model directories."""
+  loaded = {}
+  for name, model_dir in models.items():
+    generator, _, variables = model_io.load(model_dir)
+    loaded[name] = (generator, variables['generator'])
+  return loaded
+
+
 def evaluate_models(config, models: dict) -> dict:
-  """`{model name: {group: metrics}}`: every model scored on each class
-  group (each step's classes, 'all') it can draw."""
+  """`{model name: {group: metrics}}`: every model (`_generators`) scored
+  on each class group (each step's classes, 'all') it can draw."""
   data = splits.load(
       config.data,
       need_source=True,
@@ -133,13 +142,12 @@ def evaluate_models(config, models: dict) -> dict:
   for group, names in groups.items():
     first = everything.class_names.index(names[0])
     dataset = _group(everything, names, first)
-    for name, model_dir in models.items():
-      generator, _, variables = model_io.load(model_dir)
+    for name, (generator, variables) in models.items():
       if generator.num_labels < first + len(names):
         continue  # not learned yet
       evaluate = evaluator_lib.make(config, generator, dataset,
                                     _AllClasses(everything), mesh)
-      results[name][group] = evaluate(variables['generator'])
+      results[name][group] = evaluate(variables)
       logging.info('[evaluate] %s on %s: domain FD %.1f', name, group,
                    results[name][group]['domain_fd'])
   return results
@@ -179,20 +187,19 @@ def table(results: dict) -> str:
 
 
 def samples_figure(config, models: dict, num_samples: int = 6):
-  """A row per new class, a block of `num_samples` per model (same z; a
-  model that cannot draw the class yet leaves its block empty)."""
+  """A row per new class, a block of `num_samples` per model
+  (`_generators`), the same z for all; a model that cannot draw a class
+  yet leaves its block empty."""
   targets = list(config.data.target_classes)
   first = len(config.data.source_classes)
   z = None
   blocks = {}
-  for name, model_dir in models.items():
-    generator, _, variables = model_io.load(model_dir)
+  for name, (generator, variables) in models.items():
     if z is None:
       z = jax.random.normal(
           jax.random.key(config.seed), (num_samples, generator.dim_z))
     known = range(first, min(generator.num_labels, first + len(targets)))
-    images = similarity.class_images(generator, variables['generator'],
-                                     list(known), z)
+    images = similarity.class_images(generator, variables, list(known), z)
     blocks[name] = images
   return visualize.labelled_grids(blocks, targets)
 
@@ -251,7 +258,8 @@ def run(config, workdir, one_shot: bool = True) -> str:
   if one_shot:
     source = _source_of(workdir / 'step_1', config)
     models[ONE_SHOT.replace('_', '-')] = run_one_shot(config, workdir, source)
-  results = evaluate_models(config, models)
+  generators = _generators(models)
+  results = evaluate_models(config, generators)
   text = table(results)
   borrowed = borrowing(chain[-1])
   if borrowed:
@@ -267,7 +275,7 @@ def run(config, workdir, one_shot: bool = True) -> str:
               'results': results
           },
           indent=2))
-  figure = samples_figure(config, models)
+  figure = samples_figure(config, generators)
   figure.savefig(workdir / 'continual_samples.png', dpi=100)
   heatmaps = similarity_figure(config, chain[-1])
   if heatmaps is not None:
