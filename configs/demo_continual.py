@@ -12,6 +12,8 @@ each of the 48 source and the 4 classes the first step added. With
 `frozen_sn='keep'` every class learned before (source and added) renders
 bitwise the same images after each step. Fine-tuning is left out: it
 trains the whole generator, which changes every class.
+`--config.source_checkpoint=''` pretrains a source in DIR/step_1 first
+(the demo's 1400-step recipe), which the one-shot transfer then shares.
 """
 
 from configs import demo

@@ -448,3 +448,18 @@ def test_a_step_split_that_does_not_add_up_is_a_one_line_error(steps):
     continual.step_classes(config)
   config.continual_steps = (1, 1)
   assert continual.step_classes(config) == [TARGET[:1], TARGET[1:]]
+
+
+def test_without_a_source_model_step_1_pretrains_one(random_source):
+  config = tiny_config()
+  config.stages = ('transfer',)
+  config.continual_steps = (1, 1)
+  config.method = 'kp_no_l1'  # a variant's switches apply once
+  assert continual.resolved(config).transfer.similarity_l1 == 0
+  run = continual._run_config(config, SOURCE, TARGET[:1], '')
+  assert stages.resolve(run).stages == ('pretrain', 'transfer')
+  run = continual._run_config(config, SOURCE, TARGET[:1], str(random_source))
+  assert stages.resolve(run).stages == ('transfer',)
+  config.transfer.num_steps = 0
+  with pytest.raises(stages.ConfigError, match='num_steps=0 must be positive'):
+    continual.resolved(config)

@@ -247,12 +247,23 @@ def borrowing(last_model: pathlib.Path, count: int = 3) -> str:
   return '\n'.join(lines)
 
 
+def resolved(config):
+  """`config` with its method's switches applied, checked up front as the
+  one-shot run will be (pretraining first when no source model is given):
+  a bad value fails before any training."""
+  one_shot = _run_config(config, config.data.source_classes,
+                         config.data.target_classes, config.source_checkpoint)
+  checked = stages.resolve(one_shot).config
+  checked.stages = config.stages  # each run sets its own
+  return checked
+
+
 def run(config, workdir, one_shot: bool = True) -> str:
   """Runs the chain (and the one-shot transfer), evaluates, writes the
   report into `workdir`; returns the table."""
   workdir = pathlib.Path(workdir)
   steps = step_classes(config)
-  config = stages.resolve(config).config  # the run's checks, up front
+  config = resolved(config)
   chain = run_chain(config, workdir)
   models = {f'step {i}': d for i, d in enumerate(chain, 1)}
   if one_shot:
