@@ -147,32 +147,30 @@ def learned_class_rows(generator, variables: dict) -> dict:
     per_bn.setdefault(bn, []).append((order, gain - 1, bias))
   firsts = extensions.first_labels(
       0, [e.num_classes for e in generator.extensions])
+  ends = firsts[1:] + [len(labels)]
+  params = traverse_util.flatten_dict(dict(variables['params']), sep='/')
+  sn = traverse_util.flatten_dict(
+      dict(variables.get(layers.SN_COLLECTION, {})), sep='/')
   rows = {}
   for bn, outputs in per_bn.items():
     outputs.sort(key=lambda item: item[0])
-    ends = firsts[1:] + [len(labels)]
-    gamma = jnp.concatenate(
-        [g[start:end] for (_, g, _), start, end in zip(outputs, firsts, ends)])
-    beta = jnp.concatenate(
-        [b[start:end] for (_, _, b), start, end in zip(outputs, firsts, ends)])
-    rows[bn] = {
-        which: rows_ * _source_sigma(generator, variables, bn, which)
-        for which, rows_ in (('gamma', gamma), ('beta', beta))
-    }
+    # Each layer's outputs for its own labels, in label order.
+    own = [(g[start:end], b[start:end])
+           for (_, g, b), start, end in zip(outputs, firsts, ends)]
+    rows[bn] = {}
+    for which, part in zip(kp.WHICH, zip(*own)):
+      source = f'{bn}/{_SOURCE_LAYER[which]}'
+      scale = (1.0 if f'{source}/kernel' not in params else _eval_sigma(
+          params, sn, source, generator.sn_eps))
+      rows[bn][which] = jnp.concatenate(part) * scale
   return rows
 
 
-def _source_sigma(generator, variables, bn, which):
-  """sigma(W) of a source BN linear in eval mode (ImageNet form), else 1."""
-  params = traverse_util.flatten_dict(dict(variables['params']), sep='/')
-  kernel = params.get(f'{bn}/{_SOURCE_LAYER[which]}/kernel')
-  if kernel is None:
-    return 1.0
-  sn = traverse_util.flatten_dict(
-      dict(variables[layers.SN_COLLECTION]), sep='/')
+def _eval_sigma(params: dict, sn: dict, layer: str, sn_eps: float):
+  """sigma(W) of an SN linear as eval mode computes it (stored `u`), from
+  flat `params` and `sn` trees."""
   sigma, _ = layers.power_iteration(
-      jnp.asarray(kernel).T, sn[f'{bn}/{_SOURCE_LAYER[which]}/u'],
-      generator.sn_eps)
+      jnp.asarray(params[f'{layer}/kernel']).T, sn[f'{layer}/u'], sn_eps)
   return sigma
 
 
@@ -348,12 +346,12 @@ def _mean_source_offset(params, sn, source, sn_eps):
     return jnp.mean(params[f'{source}/embedding'], axis=0)
   kernel = params[f'{source}/kernel']  # [class dim + z chunk, C]
   embedding = params['shared/embedding']
-  sigma, _ = layers.power_iteration(kernel.T, sn[f'{source}/u'], sn_eps)
   class_part = kernel[:embedding.shape[1]]
   return jnp.matmul(
       jnp.mean(embedding, axis=0),
       class_part,
-      precision=jax.lax.Precision.HIGHEST) / sigma
+      precision=jax.lax.Precision.HIGHEST) / _eval_sigma(
+          params, sn, source, sn_eps)
 
 
 def start_modulated_convs(g_variables: dict, sn_eps: float,
