@@ -215,12 +215,21 @@ def run(args, twin: dict, say: Callable[[str], None] = _say) -> list:
   device_kind = jax.devices()[0].device_kind
   say(f'{jax.device_count()}x {device_kind} ({jax.default_backend()})')
   rows, chosen = [], cases(args.small, args.imagenet_batch)
+  sources, built = {}, {}  # per architecture; per (architecture, stage)
   for index, case in enumerate(chosen, 1):
     start = time.perf_counter()
     progress = lambda m, i=index, c=case: say(
         f'[{i}/{len(chosen)}] {c.name}: {m}')
+    models = (case.architecture, case.stage)
+    if models not in built:
+      progress('building the models')
+      if case.architecture not in sources:
+        sources[case.architecture] = step_timing.source_models(
+            case.config, case.num_source)
+      built[models] = step_timing.stage_models(case.config, case.stage,
+                                               sources[case.architecture])
     row = step_timing.measure(case.config, case.stage, case.steps,
-                              case.num_source, progress)
+                              case.num_source, progress, built[models])
     row = with_utilisation({
         'setting': case.name,
         **row

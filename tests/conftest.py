@@ -50,6 +50,10 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 # The test models are tiny: XLA's optimisation passes cost far more compile
 # time than they save at run time (about 3x faster compiles).
 jax.config.update('jax_disable_most_optimizations', True)
+# Orbax's saves as the entry points make them on CPU.
+from cgt_jax.runtime import process  # noqa: E402
+
+process.save_from_one_replica_on_cpu()
 
 # Beside the compilation cache, whose name every process of the run shares;
 # also what cgt_jax caches by default (decoded image folders), so that the

@@ -49,8 +49,20 @@ def nchw(images) -> np.ndarray:
   return np.asarray(images).transpose(0, 3, 1, 2)
 
 
+# (model, inputs) -> the variables' ShapeDtypeStructs, per test process.
+_ABSTRACT_VARIABLES = {}
+
+
 def abstract_variables(model, *inputs):
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
+  """The variables' ShapeDtypeStructs, traced once per (model, inputs) in
+  a test process (tracing a BigGAN's init takes seconds)."""
+  key = (model,) + tuple(
+      (x.shape, str(x.dtype), np.asarray(x).tobytes()) for x in inputs)
+  if key not in _ABSTRACT_VARIABLES:
+    _ABSTRACT_VARIABLES[key] = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), *inputs))
+  # Fresh containers: callers may edit the tree.
+  return jax.tree_util.tree_map(lambda leaf: leaf, _ABSTRACT_VARIABLES[key])
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cgt_jax.models import biggan
+from cgt_jax.models import model_io
 from tests import reference_cases as rc
 
 
@@ -74,3 +75,22 @@ def test_bad_architecture_requests_are_explained():
     g = biggan.Generator(num_classes=2, dim_z=100, **kwargs)
     with pytest.raises(ValueError, match=message):
       jax.eval_shape(g.init, jax.random.key(0), z, labels)
+
+
+def test_abstract_variables_trace_an_architecture_once_and_return_copies():
+  g = biggan.Generator(resolution=32, num_classes=3, ch=2, dim_z=16)
+  d = biggan.Discriminator(resolution=32, num_classes=3, ch=2)
+  first = model_io.abstract_generator_variables(g)
+  d_first = model_io.abstract_discriminator_variables(d)
+  traced = jax.eval_shape(lambda: g.init(
+      jax.random.key(0), jnp.zeros((1, 16)), jnp.zeros((1,), jnp.int32)))
+  assert first == traced
+  first['params'].clear()  # a caller editing its tree
+  d_first['params'].clear()
+  # An equal module (another instance) hits the cache, unedited.
+  cache = model_io._abstract_generator_variables  # pylint: disable=protected-access
+  hits = cache.cache_info().hits
+  again = model_io.abstract_generator_variables(g.clone())
+  assert cache.cache_info().hits == hits + 1
+  assert again == traced
+  assert model_io.abstract_discriminator_variables(d.clone())['params']

@@ -56,6 +56,9 @@ def test_small_check_runs_end_to_end_with_the_pytorch_twin(tmp_path):
   table = (tmp_path / 'device_check.md').read_text()
   assert table == run.stdout.split('\n\n(device_check')[0] + '\n'
   assert '[5/5] done' in run.stderr  # progress as it goes
+  # Rows of one architecture and stage share their models: CIFAR transfer,
+  # CIFAR pretraining, ImageNet transfer.
+  assert run.stderr.count('building the models') == 3
 
 
 def test_utilisation_is_against_the_peak_of_the_rows_dtype():

@@ -49,6 +49,7 @@ def test_library_convolutions_reads_the_flag(flags, expected):
 _CONV = """
 import importlib, os, pkgutil, sys, numpy as np
 import cgt_jax, jax
+import orbax.checkpoint as ocp
 from jax._src import xla_bridge
 # The whole library: no environment change, and no JAX array at import time
 # (it would start the backend before `configure` sets the flag).
@@ -58,7 +59,11 @@ from cgt_jax.models import layers
 from cgt_jax.runtime import process
 assert 'XLA_FLAGS' not in os.environ, os.environ['XLA_FLAGS']
 assert not xla_bridge.backends_are_initialized(), 'an import started JAX'
+saves = lambda: ocp.type_handlers.get_type_handler(jax.Array)
+assert saves()._use_replica_parallel, 'an import changed orbax'
 process.configure()  # what every entry point does first
+# On CPU, orbax saves replicated arrays from one replica.
+assert not saves()._use_replica_parallel
 x = jax.random.normal(jax.random.key(0), (2, 8, 8, 160))
 k = jax.random.normal(jax.random.key(1), (3, 3, 160, 160)) * 0.05
 y = jax.jit(lambda x, k: layers.conv2d_same(x, k, 'float32'))(x, k)

@@ -20,6 +20,7 @@ folder the program did not make.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Optional, Sequence
@@ -124,12 +125,31 @@ def module_arch(module) -> dict:
 
 
 def abstract_generator_variables(generator: biggan.Generator):
+  """The ShapeDtypeStructs of `generator`'s variables (a fresh tree)."""
+  return _fresh_tree(_abstract_generator_variables(generator))
+
+
+def abstract_discriminator_variables(discriminator: biggan.Discriminator):
+  """The ShapeDtypeStructs of `discriminator`'s variables (a fresh tree)."""
+  return _fresh_tree(_abstract_discriminator_variables(discriminator))
+
+
+def _fresh_tree(tree):
+  """A copy of a cached tree's containers, so that callers may edit it."""
+  return jax.tree_util.tree_map(lambda leaf: leaf, tree)
+
+
+# Tracing a BigGAN's init costs seconds; modules are frozen dataclasses,
+# so equal architectures share one trace (loading, converting, resuming).
+@functools.lru_cache(maxsize=32)
+def _abstract_generator_variables(generator: biggan.Generator):
   z = jnp.zeros((1, generator.dim_z))
   labels = jnp.zeros((1,), jnp.int32)
   return jax.eval_shape(lambda: generator.init(jax.random.key(0), z, labels))
 
 
-def abstract_discriminator_variables(discriminator: biggan.Discriminator):
+@functools.lru_cache(maxsize=32)
+def _abstract_discriminator_variables(discriminator: biggan.Discriminator):
   res = discriminator.resolution
   x = jnp.zeros((1, res, res, 3))
   label = (0 if discriminator.source_projection and

@@ -7,6 +7,8 @@ conftest) call `configure` once, before the first JAX computation:
 * XLA:CPU's faster convolution kernels (`xla_cpu.add_default_flags`);
 * TensorFlow (which tfds imports when it is installed) kept off the GPUs
   that JAX uses;
+* on the CPU backend, orbax saves each replicated array from one replica
+  (`save_from_one_replica_on_cpu`);
 * absl logging: cgt_jax's INFO lines (progress, evaluations) on process 0,
   other libraries' only from WARNING on (orbax logs every save), and no
   C++ banners, unless `verbose`;
@@ -55,7 +57,34 @@ def configure(distributed: bool = False,
     })
   if jax.default_backend() == 'gpu':
     _hide_gpus_from_tensorflow()
+  save_from_one_replica_on_cpu()
   configure_logging(verbose)
+
+
+def save_from_one_replica_on_cpu():
+  """On the CPU backend, orbax's array handler saves a replicated array
+  from one replica.
+
+  Orbax splits each replicated array among its replicas, so that every
+  accelerator writes a part. XLA:CPU's devices share one host memory, so
+  there the split only adds an eager slice per array and device: with 8
+  devices (the test suite's), a tiny run's saves made it 17% slower. The
+  files are the same either way. GPU and TPU keep orbax's default.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != 'cpu':
+    return
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  # Orbax warns of every override; this one is on purpose.
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+        override=True)
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def _hide_gpus_from_tensorflow():
