@@ -54,12 +54,26 @@ jax.config.update('jax_disable_most_optimizations', True)
 from cgt_jax.runtime import process  # noqa: E402
 
 process.save_from_one_replica_on_cpu()
+from cgt_jax.training import steps  # noqa: E402
 
 # Beside the compilation cache, whose name every process of the run shares;
 # also what cgt_jax caches by default (decoded image folders), so that the
 # suite writes nothing into the user's ~/.cache.
 _EVAL_CACHE = pathlib.Path(_CACHE + '_eval')
 os.environ.setdefault('CGT_JAX_CACHE', str(_EVAL_CACHE))
+
+
+@pytest.fixture(autouse=True)
+def fresh_train_steps_around_monkeypatches(request):
+  """A test that monkeypatches may patch what a train step calls while it
+  traces: it neither reuses a jitted step (`steps.make_train_step` keeps
+  them per equal setup) nor leaves its own to later tests."""
+  patches = 'monkeypatch' in request.fixturenames
+  if patches:
+    steps.clear_train_step_cache()
+  yield
+  if patches:
+    steps.clear_train_step_cache()
 
 
 @pytest.fixture(scope='session')

@@ -17,8 +17,10 @@ from PIL import Image
 
 from cgt_jax.data import pipeline
 from cgt_jax.data import splits
+from cgt_jax.models import biggan
 from cgt_jax.models import model_io
 from cgt_jax.runtime import parallel
+from cgt_jax.runtime import xla_cpu
 from cgt_jax.transfer import stages
 from cgt_jax.training import checkpointing
 from cgt_jax.training import state as state_lib
@@ -222,6 +224,39 @@ def _setup_and_state(directory, learning_rate=None):
 
 def _data(config):
   return splits.load(config.data, need_source=True, resolution=32)
+
+
+def test_equal_setups_share_one_jitted_step(monkeypatch):
+  """A stage set up again (a resume, another seed, another test) reuses
+  its traced step; a different setup, loop form or cleared cache does not."""
+  config = tiny_config()
+
+  def setup(g_lr=config.transfer.g_lr):
+    c = copy.deepcopy(config.transfer)
+    c.g_lr = g_lr
+    mask = {'w': True, 'v': False}
+    g_opt, d_opt = state_lib.optimizers(c, mask, mask)
+    return state_lib.StageSetup(
+        generator=biggan.Generator(resolution=32, num_classes=2, ch=2),
+        discriminator=biggan.Discriminator(resolution=32, num_classes=2, ch=2),
+        g_optimizer=g_opt,
+        d_optimizer=d_opt,
+        fake_labels=(0, 2),
+        batch_size=8)
+
+  mesh = parallel.make_mesh()
+  step = steps.make_train_step(setup(), mesh)
+  assert setup() == setup() and setup() is not setup()
+  assert steps.make_train_step(setup(), mesh) is step
+  assert steps.make_train_step(setup(g_lr=1.0), mesh) is not step
+  assert steps.make_train_step(setup(), mesh, with_draws=True) is not step
+  monkeypatch.setattr(xla_cpu, 'unrolled_loops_pay', lambda: False)
+  scanned = steps.make_train_step(setup(), mesh)
+  assert scanned is not step
+  with steps.unrolled_loops():
+    assert steps.make_train_step(setup(), mesh) is not scanned
+  steps.clear_train_step_cache()
+  assert steps.make_train_step(setup(), mesh) is not scanned
 
 
 def test_sharded_step_equals_single_device_step(tmp_path):

@@ -56,10 +56,6 @@ class StageEvaluator:
   batch_size: int
   mesh: object
 
-  def __post_init__(self):
-    self._generate = jax.jit(
-        lambda v, z, y: steps.generate(self.generator, v, z, y))
-
   def redrawn(self, seed: int) -> 'StageEvaluator':
     """The same evaluator with another draw of its latents (the labels stay):
     what `evaluation.noise` re-evaluates one checkpoint with."""
@@ -80,7 +76,7 @@ class StageEvaluator:
                                    parallel.data_sharding(self.mesh))
       else:
         z, labels = jax.device_put((z, labels), parallel.replicated(self.mesh))
-      images = self._generate(g_variables, z, labels)
+      images = steps.jitted_generate(self.generator, g_variables, z, labels)
       out.append(
           np.asarray(jnp.round((images + 1) * 127.5).clip(0, 255), np.uint8))
     return np.concatenate(out)

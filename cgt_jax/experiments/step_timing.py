@@ -139,11 +139,15 @@ def measure(config,
       discriminator=models.discriminator.clone(dtype=dtype))
   _, _, setup = stages.training_setup(stage, _resolve(config), models, labels)
   mesh = parallel.make_mesh()
-  # A copy: the step donates its state, and `built` may serve more rows.
-  state = jax.device_put(
-      state_lib.create(setup, models.g_variables, models.d_variables, 0),
-      parallel.replicated(mesh),
-      may_alias=False)
+  # Copies: the step donates its state, and `built` may serve more rows.
+  # (`device_put(..., may_alias=False)` is not enough: replicating a
+  # one-device array over several devices keeps its buffer as the first
+  # device's copy.)
+  state = jax.tree_util.tree_map(
+      jnp.copy,
+      jax.device_put(
+          state_lib.create(setup, models.g_variables, models.d_variables, 0),
+          parallel.replicated(mesh)))
   batch = _random_batch(setup, config.model.resolution, mesh)
   step = steps.make_train_step(setup, mesh)
   say('tracing and compiling the step')

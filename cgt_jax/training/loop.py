@@ -369,9 +369,9 @@ def _grid_sampler(setup, config):
       jax.random.key(config.seed + 1), (labels.shape[0], setup.generator.dim_z))
   train_mode = config.sample.train_mode
 
-  @jax.jit
   def sample(variables):
-    out = steps.generate(setup.generator, variables, z, labels, train_mode)
+    out = steps.jitted_generate(
+        setup.generator, variables, z, labels, train=train_mode)
     return out[0] if train_mode else out
 
   sample.rows = len(rows)

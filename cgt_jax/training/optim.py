@@ -6,6 +6,10 @@ their update is exactly zero and Adam keeps no moments for them. (Beware
 unchanged, which does not freeze.)
 """
 
+import dataclasses
+import functools
+from typing import Any, Optional
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -57,6 +61,57 @@ def with_learning_rate_factors(make_optimizer, learning_rate: float, factors):
   for factor in set(jax.tree_util.tree_leaves(factors)) - {0}:
     optimizers[label(factor)] = make_optimizer(learning_rate * factor)
   return optax.multi_transform(optimizers, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenTree:
+  """A pytree of Python scalars as a hashable value (its structure and
+  leaves)."""
+  treedef: Any
+  leaves: tuple
+
+  @classmethod
+  def of(cls, tree) -> 'FrozenTree':
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return cls(treedef, tuple(leaves))
+
+  def tree(self):
+    return jax.tree_util.tree_unflatten(self.treedef, self.leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamRecipe:
+  """`adam`, optionally `with_frozen` or `with_learning_rate_factors`, held
+  as the values it is built from.
+
+  optax transformations are closures, equal only to themselves; recipes
+  are equal when their values are. Two stages set up from the same config
+  then hold equal `StageSetup`s, and the train step jitted for one serves
+  the other without tracing it again (`training.steps.make_train_step`).
+  Give at most one of `trainable` (bools) and `factors` (floats).
+  """
+  learning_rate: float
+  b1: float
+  b2: float
+  eps: float
+  trainable: Optional[FrozenTree] = None
+  factors: Optional[FrozenTree] = None
+
+  @functools.cached_property
+  def transformation(self) -> optax.GradientTransformation:
+    make = lambda lr: adam(lr, self.b1, self.b2, self.eps)
+    if self.factors is not None:
+      return with_learning_rate_factors(make, self.learning_rate,
+                                        self.factors.tree())
+    if self.trainable is not None:
+      return with_frozen(make(self.learning_rate), self.trainable.tree())
+    return make(self.learning_rate)
+
+  def init(self, params):
+    return self.transformation.init(params)
+
+  def update(self, updates, state, params=None):
+    return self.transformation.update(updates, state, params)
 
 
 def ema_update(ema, current, decay: float, step, start: int):

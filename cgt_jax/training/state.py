@@ -43,7 +43,8 @@ class StageSetup:
 
   Attributes:
     generator, discriminator: the Flax modules.
-    g_optimizer, d_optimizer: optax transformations (frozen leaves masked).
+    g_optimizer, d_optimizer: `optim.AdamRecipe`s (frozen leaves masked;
+      values, so that equal setups compare equal), or optax transformations.
     fake_labels: `(low, high)` global labels sampled for fakes: the labels
       of the classes the stage trains.
     batch_size: samples per D chunk and per G accumulation (global).
@@ -92,18 +93,18 @@ def optimizers(stage_config, g_trainable, d_trainable=None, g_factors=None):
   where frozen), which then replaces `g_trainable`.
   """
   if g_factors is not None:
-    make = lambda lr: optim.adam(lr, stage_config.adam_b1, stage_config.adam_b2,
-                                 stage_config.adam_eps)
-    g_opt = optim.with_learning_rate_factors(make, stage_config.g_lr, g_factors)
+    g_opt = _adam(stage_config, stage_config.g_lr, factors=g_factors)
   else:
-    g_opt = optim.with_frozen(
-        optim.adam(stage_config.g_lr, stage_config.adam_b1,
-                   stage_config.adam_b2, stage_config.adam_eps), g_trainable)
-  d_opt = optim.adam(stage_config.d_lr, stage_config.adam_b1,
-                     stage_config.adam_b2, stage_config.adam_eps)
-  if d_trainable is not None:
-    d_opt = optim.with_frozen(d_opt, d_trainable)
+    g_opt = _adam(stage_config, stage_config.g_lr, trainable=g_trainable)
+  d_opt = _adam(stage_config, stage_config.d_lr, trainable=d_trainable)
   return g_opt, d_opt
+
+
+def _adam(stage_config, learning_rate, trainable=None, factors=None):
+  frozen = lambda tree: None if tree is None else optim.FrozenTree.of(tree)
+  return optim.AdamRecipe(learning_rate, stage_config.adam_b1,
+                          stage_config.adam_b2, stage_config.adam_eps,
+                          frozen(trainable), frozen(factors))
 
 
 def create(setup: StageSetup, g_variables: dict, d_variables: dict,

@@ -78,11 +78,15 @@ def unrolled_loops():
     _FORCE_UNROLLED = before
 
 
+def _loops_unrolled() -> bool:
+  return _FORCE_UNROLLED or xla_cpu.unrolled_loops_pay()
+
+
 def _accumulation_loop(body, carry, inputs):
   """The loop over chunks: unrolled on XLA:CPU (see `_unrolled_scan`),
   `lax.scan` elsewhere, where an unrolled loop would only grow the program
   with every accumulation."""
-  if _FORCE_UNROLLED or xla_cpu.unrolled_loops_pay():
+  if _loops_unrolled():
     return _unrolled_scan(body, carry, inputs)
   return jax.lax.scan(body, carry, inputs)
 
@@ -443,7 +447,23 @@ def make_train_step(setup, mesh=None, with_draws: bool = False):
   them. The state argument is donated: its buffers are reused for the new
   state. The step traces under `jax.set_mesh(mesh)`, so the draws it makes
   itself are split over the devices like the batch.
+
+  Equal setups get the same jitted step (jit keys its traces on the
+  function): a process that sets a stage up again (a resume, a comparison
+  over seeds, the test suite) traces and compiles its program once. What
+  else shapes the trace (the loop form, the convolution kernels) is part
+  of the key; `clear_train_step_cache` drops them all.
   """
+  key = (setup, mesh, with_draws, _loops_unrolled(),
+         xla_cpu.convolution_kernels())
+  try:
+    hash(key)
+  except TypeError:  # a setup holding an unhashable value (an optax object)
+    return _jitted_train_step(setup, mesh, with_draws)
+  return _cached_train_step(*key)
+
+
+def _jitted_train_step(setup, mesh, with_draws):
   step = functools.partial(train_step, setup=setup)
   if mesh is None:
     return jax.jit(step, donate_argnums=0)
@@ -466,6 +486,18 @@ def make_train_step(setup, mesh=None, with_draws: bool = False):
   return on_mesh
 
 
+@functools.lru_cache(maxsize=8)  # a few: each holds its compiled programs
+def _cached_train_step(setup, mesh, with_draws, *trace_choices):
+  del trace_choices  # in the key only
+  return _jitted_train_step(setup, mesh, with_draws)
+
+
+def clear_train_step_cache():
+  """Forget the jitted steps: the next `make_train_step` traces anew (for
+  code that patches what a step calls while it traces, as tests do)."""
+  _cached_train_step.cache_clear()
+
+
 def _lower_on_mesh(jitted, mesh, *args):
   with jax.set_mesh(mesh):
     return jitted.lower(*args)
@@ -477,3 +509,9 @@ def generate(generator, variables, z, labels, train: bool = False):
   if train:
     return generator.apply(variables, z, labels, train=True, mutable=G_MUTABLE)
   return generator.apply(variables, z, labels)
+
+
+# One jitted `generate` for the process: the generator (a module, equal to
+# any other with its fields) is static, so every evaluator and sample grid
+# of an equal generator shares one trace.
+jitted_generate = jax.jit(generate, static_argnums=0, static_argnames='train')
