@@ -513,5 +513,6 @@ def generate(generator, variables, z, labels, train: bool = False):
 
 # One jitted `generate` for the process: the generator (a module, equal to
 # any other with its fields) is static, so every evaluator and sample grid
-# of an equal generator shares one trace.
+# of an equal generator shares one trace (jit's own caches are bounded, so
+# a process that evaluates many generators does not grow without end).
 jitted_generate = jax.jit(generate, static_argnums=0, static_argnames='train')
