@@ -458,7 +458,9 @@ def make_train_step(setup, mesh=None, with_draws: bool = False):
          xla_cpu.convolution_kernels())
   try:
     hash(key)
-  except TypeError:  # a setup holding an unhashable value (an optax object)
+  except TypeError:  # a field holding a dict or an array: not cached
+    # (optax objects hash by identity: cached, but only ever equal to
+    # themselves)
     return _jitted_train_step(setup, mesh, with_draws)
   return _cached_train_step(*key)
 
