@@ -15,6 +15,11 @@ import tempfile
 # Must be set before jax initialises its backends.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# XLA's optimisation passes cost the tiny test programs far more compile
+# time than they save at run time (about 3x faster compiles); set here, not
+# only through `jax.config`, so that the programs the tests start compile
+# the same way (and hit the same cache entries).
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', 'true')
 # One cache per test run, shared by its workers (xdist names the run) and,
 # through the environment, by the processes the tests start.
 _RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
@@ -47,9 +52,6 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 jax.config.update('jax_compilation_cache_dir', _CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-# The test models are tiny: XLA's optimisation passes cost far more compile
-# time than they save at run time (about 3x faster compiles).
-jax.config.update('jax_disable_most_optimizations', True)
 # Orbax's saves as the entry points make them on CPU.
 from cgt_jax.runtime import process  # noqa: E402
 

@@ -120,12 +120,24 @@ def _read_only(path: pathlib.Path):
 
 
 @contextlib.contextmanager
-def _small_disk(path: pathlib.Path, size: int):
-  """A file system of `size` bytes mounted at `path`."""
+def _disk_with_a_copy(path: pathlib.Path, source: pathlib.Path, free: int):
+  """A file system mounted at `path` that holds a copy of `source` (at
+  `path / 'work'`) and has `free` bytes left.
+
+  Sized after the copy from what the file system reports as used: tmpfs
+  takes whole pages per file, so the files' sizes understate what a copy
+  needs, by more the more files orbax happened to write.
+  """
   path.mkdir()
-  _mount('-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path))
+  room = 2 * _bytes_under(source) + free + (1 << 20)
+  _mount('-t', 'tmpfs', '-o', f'size={room}', 'tmpfs', str(path))
   try:
-    yield path
+    shutil.copytree(source, path / 'work')
+    used = shutil.disk_usage(path).used
+    subprocess.run(['mount', '-o', f'remount,size={used + free}',
+                    str(path)],
+                   check=True)
+    yield path / 'work'
   finally:
     subprocess.run(['umount', str(path)], check=True)
 
@@ -165,15 +177,13 @@ def _read_only_workdir(tmp_path, fixture):
 
 @contextlib.contextmanager
 def _full_disk(tmp_path, fixture):
-  """The resumed run finds room for the samples but not the checkpoint of
-  step 6."""
+  """The resumed run finds room for the samples of steps 5 and 6 but not
+  for the checkpoint of step 6."""
   source = fixture('interrupted_run')
   checkpoint = _bytes_under(source / 'pretrain' / 'checkpoints' / 'latest' /
                             '4')
-  with _small_disk(tmp_path / 'disk',
-                   _bytes_under(source) + checkpoint // 2 + 65536) as disk:
-    workdir = disk / 'work'
-    shutil.copytree(source, workdir)
+  with _disk_with_a_copy(tmp_path / 'disk', source,
+                         checkpoint // 2 + 65536) as workdir:
     yield Setup(lambda: main_lib.run(_resumable_config(), workdir), (workdir,))
 
 
