@@ -16,9 +16,9 @@ import tempfile
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # XLA's optimisation passes cost the tiny test programs far more compile
-# time than they save at run time (about 3x faster compiles); set here, not
-# only through `jax.config`, so that the programs the tests start compile
-# the same way (and hit the same cache entries).
+# time than they save at run time (about 3x faster compiles). Set in the
+# environment, so that the programs the tests start compile the same way
+# (and an equal program is one cache entry for all of them).
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', 'true')
 # One cache per test run, shared by its workers (xdist names the run) and,
 # through the environment, by the processes the tests start.
