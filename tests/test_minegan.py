@@ -19,10 +19,10 @@ from cgt_jax.training import steps
 from cgt_jax.transfer import methods
 from cgt_jax.transfer import stages
 from tests import reference_cases as rc
+from tests.test_train import abstract_transfer_spec
 from tests.test_train import interrupt_at
 from tests.test_train import save_models
 from tests.test_train import tiny_config
-from tests.test_train import abstract_transfer_spec
 from tests.test_train import transfer_spec
 
 NUM_SOURCE, NUM_NEW, DIM_Z = 4, 2, 16

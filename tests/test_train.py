@@ -218,7 +218,7 @@ def transfer_spec(config, source_dir, stage='transfer'):
 def abstract_transfer_spec(config, source_dir, stage='transfer'):
   """`transfer_spec` whose variables are shapes (`jax.ShapeDtypeStruct`):
   the stage is traced but its inits and weight surgery are not compiled
-  (under a second, against 3-15 s), for tests that read only what a spec
+  (0.1-0.3 s against 2.3-7.2 s for the tiny config's methods), for tests that read only what a spec
   is made of (modules, masks, losses, parameter paths)."""
   plan, data = _plan_and_data(config, source_dir, stage)
   built = []
