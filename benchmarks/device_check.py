@@ -3,7 +3,7 @@ device that is present, as one markdown table.
 
     bash benchmarks/device_check.sh                  # GPU/TPU: < 8 min on one H100
     bash benchmarks/device_check.sh --small          # CPU smoke run (the tests)
-    bash benchmarks/device_check.sh --out=DIR        # also DIR/device_check.{md,json}
+    bash benchmarks/device_check.sh --out=DIR        # + DIR/device_check.{md,json}
 
 Rows (random weights and data, compiled first, then timed; see
 `cgt_jax.experiments.step_timing`):
@@ -208,8 +208,26 @@ def _say(message: str):
   print(f'[device_check] {message}', file=sys.stderr, flush=True)
 
 
-def run(args, twin: dict, say: Callable[[str], None] = _say) -> list:
-  """The table's rows; `twin`: the PyTorch twin's images/s per stage."""
+def write_rows(rows: list, out: pathlib.Path):
+  """`out`/device_check.{md,json}: the table and its rows, each replaced
+  whole (a run cut short leaves the rows it finished, never half a file)."""
+  from cgt_jax.experiments import step_timing  # pylint: disable=import-outside-toplevel
+  from cgt_jax.runtime import atomic_dir  # pylint: disable=import-outside-toplevel
+  texts = {
+      'device_check.md': step_timing.markdown_table(rows) + '\n',
+      'device_check.json': json.dumps(rows, indent=1) + '\n',
+  }
+  for name, text in texts.items():
+    atomic_dir.write_file(
+        out / name, lambda file, t=text: file.write(t.encode()))
+
+
+def run(args,
+        twin: dict,
+        say: Callable[[str], None] = _say,
+        finished: Callable[[list], None] = lambda rows: None) -> list:
+  """The table's rows; `twin`: the PyTorch twin's images/s per stage;
+  `finished(rows so far)` after each row."""
   import jax  # pylint: disable=import-outside-toplevel
   from cgt_jax.experiments import step_timing  # pylint: disable=import-outside-toplevel
   device_kind = jax.devices()[0].device_kind
@@ -238,6 +256,7 @@ def run(args, twin: dict, say: Callable[[str], None] = _say) -> list:
       row['pytorch_twin_images_per_s'] = twin[case.twin_stage]
       row['x_pytorch_twin'] = row['real_images_per_s'] / twin[case.twin_stage]
     rows.append(row)
+    finished(rows)
     say(f'[{index}/{len(chosen)}] done in {time.perf_counter() - start:.0f} s')
   return rows
 
@@ -269,7 +288,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument(
       '--out',
       default='',
-      help='a folder for device_check.md and device_check.json (the rows)')
+      help='a folder for device_check.md and device_check.json (the rows), '
+      'written as each row finishes')
   return parser.parse_args(argv)
 
 
@@ -281,16 +301,13 @@ def main(argv=None) -> int:
   # An entry point: XLA:CPU's kernel flags and logging before JAX starts.
   from cgt_jax.runtime import process  # pylint: disable=import-outside-toplevel
   process.configure()
-  rows = run(args, twin)
+  # With --out, each row is on disk as soon as it is measured: a run that
+  # a device's time limit cuts short still hands back what it finished.
+  out = pathlib.Path(args.out) if args.out else None
+  rows = run(args, twin, finished=lambda rows: out and write_rows(rows, out))
   from cgt_jax.experiments import step_timing  # pylint: disable=import-outside-toplevel
-  table = step_timing.markdown_table(rows)
-  print(table)
+  print(step_timing.markdown_table(rows))
   print(f'\n(device_check: {time.perf_counter() - start:.0f} s in all)')
-  if args.out:
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'device_check.md').write_text(table + '\n')
-    (out / 'device_check.json').write_text(json.dumps(rows, indent=1) + '\n')
   return 0
 
 

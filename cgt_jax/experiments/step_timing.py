@@ -40,11 +40,13 @@ def _resolve(config):
 
 
 def source_models(config, num_source: int = 0) -> methods.Models:
-  """A fresh source BigGAN of the config's source classes (or
-  `num_source` when the config lists none)."""
+  """A random source BigGAN of the config's source classes (or
+  `num_source` when the config lists none; one class when
+  `config.model.conditional` is False)."""
   plan = _resolve(config)
-  return stages.fresh_models(plan.config,
-                             len(config.data.source_classes) or num_source)
+  num_classes = len(config.data.source_classes) or num_source
+  return _with_random_values(
+      lambda: stages.fresh_source(plan.config, num_classes))
 
 
 def stage_models(config, stage: str, source: methods.Models) -> tuple:
@@ -60,10 +62,47 @@ def stage_models(config, stage: str, source: methods.Models) -> tuple:
       seed=0,
       dtype=source.generator.dtype,
       fresh=lambda n: stages.fresh_models(plan.config, n))
-  models = plan.method.models(source, context)
+  models = _with_random_values(lambda: plan.method.models(source, context))
   # The stage's classes are the generator's last labels.
   labels = models.generator.num_labels
   return models, (labels - context.num_new, labels)
+
+
+def _with_random_values(build) -> methods.Models:
+  """`build()`'s Models with variables drawn on the host, not computed.
+
+  The rows time steps on random weights, so what the inits and the weight
+  surgery compute does not matter, but compiling them does: on a CPU a
+  KP generator's init compiles for 10-20 s, longer than the step it is
+  built for. So `build` is only traced (`jax.eval_shape`), and its
+  variables are filled: parameters N(0, 0.02), the other collections
+  (BN statistics, spectral-norm vectors) ones, which are valid values for
+  each. A build that needs concrete values runs as it is (Hyper-
+  Modulation's self-alignment, which logs its losses as it trains).
+  """
+  built = []
+
+  def variables():
+    built.append(build())
+    return built[-1].g_variables, built[-1].d_variables
+
+  try:
+    g_shapes, d_shapes = jax.eval_shape(variables)
+  except jax.errors.JAXTypeError:  # it reads a value (a progress line)
+    return build()
+  rng = np.random.default_rng(0)
+
+  def draw(path, shape):
+    collection = path[0].key
+    values = (
+        rng.normal(0.0, 0.02, shape.shape)
+        if collection == 'params' else np.ones(shape.shape))
+    return jnp.asarray(values, shape.dtype)
+
+  return dataclasses.replace(
+      built[0],
+      g_variables=jax.tree_util.tree_map_with_path(draw, g_shapes),
+      d_variables=jax.tree_util.tree_map_with_path(draw, d_shapes))
 
 
 def compiled_peak_bytes(compiled) -> int:

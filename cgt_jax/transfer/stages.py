@@ -402,13 +402,21 @@ def stage_spec(stage: str,
                    dataset, setup, classes)
 
 
+def fresh_source(config, num_source_classes: int) -> methods.Models:
+  """A source BigGAN from scratch: conditional on the source classes, or
+  (`config.model.conditional` False) of one class, D without projection."""
+  if config.model.conditional:
+    return fresh_models(config, num_source_classes)
+  return fresh_models(config, 1, projection=False)
+
+
 def _pretrain_models(config, data) -> tuple:
   """The source BigGAN from scratch and what it trains on: every source
   class, or (`config.model.conditional` False) all of them as one class."""
+  models = fresh_source(config, data.source.num_classes)
   if config.model.conditional:
-    return fresh_models(config, data.source.num_classes), data.source
-  return (fresh_models(config, 1, projection=False),
-          data.source.as_one_class(UNCONDITIONAL))
+    return models, data.source
+  return models, data.source.as_one_class(UNCONDITIONAL)
 
 
 def training_setup(stage: str, plan: Plan, models: methods.Models,
