@@ -15,6 +15,7 @@ from cgt_jax.training import checkpointing
 from cgt_jax.training import diffaugment
 from cgt_jax.training import state as state_lib
 from cgt_jax.training import steps
+from tests.test_train import abstract_transfer_spec
 from tests.test_train import flat
 from tests.test_train import tiny_config
 from tests.test_train import transfer_spec
@@ -73,8 +74,8 @@ def analytic_bytes(spec) -> int:
 def compiled_step_hlo(spec, mesh) -> str:
   """The compiled sharded train step (state replicated, batch split)."""
   setup = spec.setup
-  state = jax.eval_shape(
-      lambda: state_lib.create(setup, spec.g_variables, spec.d_variables, 0))
+  state = jax.eval_shape(lambda g, d: state_lib.create(setup, g, d, 0),
+                         spec.g_variables, spec.d_variables)
   n = setup.real_per_step
   batch = {
       'image': jax.ShapeDtypeStruct((n, 32, 32, 3), jnp.float32),
@@ -89,9 +90,10 @@ def compiled_step_hlo(spec, mesh) -> str:
 
 @pytest.fixture(scope='module')
 def two_chunk_spec(random_source):
+  """The spec with variable shapes only: what is sent depends on shapes."""
   config = tiny_config()
   config.transfer.num_d_accumulations = 2  # the per-chunk term counts
-  return transfer_spec(config, random_source)[2]
+  return abstract_transfer_spec(config, random_source)[2]
 
 
 def test_sharded_step_sends_only_gradients_and_batch_statistics(two_chunk_spec):
