@@ -208,9 +208,12 @@ def _say(message: str):
   print(f'[device_check] {message}', file=sys.stderr, flush=True)
 
 
-def write_rows(rows: list, out: pathlib.Path):
+def write_rows(rows: list, out: Optional[pathlib.Path]):
   """`out`/device_check.{md,json}: the table and its rows, each replaced
-  whole (a run cut short leaves the rows it finished, never half a file)."""
+  whole (a run cut short leaves the rows it finished, never half a file);
+  nothing without `out`."""
+  if out is None:
+    return
   from cgt_jax.experiments import step_timing  # pylint: disable=import-outside-toplevel
   from cgt_jax.runtime import atomic_dir  # pylint: disable=import-outside-toplevel
   texts = {
@@ -304,7 +307,7 @@ def main(argv=None) -> int:
   # With --out, each row is on disk as soon as it is measured: a run that
   # a device's time limit cuts short still hands back what it finished.
   out = pathlib.Path(args.out) if args.out else None
-  rows = run(args, twin, finished=lambda rows: out and write_rows(rows, out))
+  rows = run(args, twin, finished=lambda rows: write_rows(rows, out))
   from cgt_jax.experiments import step_timing  # pylint: disable=import-outside-toplevel
   print(step_timing.markdown_table(rows))
   print(f'\n(device_check: {time.perf_counter() - start:.0f} s in all)')
